@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("TOKENLM_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "tokenlm-test-cache"))
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tone():
+    """A 0.5 s two-tone test signal at 22.05 kHz, stereo, float32 [C, N]."""
+    sr = 22050
+    t = np.arange(int(0.5 * sr)) / sr
+    left = 0.4 * np.sin(2 * np.pi * 440 * t)
+    right = 0.3 * np.sin(2 * np.pi * 660 * t)
+    return np.stack([left, right]).astype(np.float32), sr

@@ -1,0 +1,255 @@
+"""The ``tokenlm`` command: one entry point, a sub-command per job.
+
+Argument parsing lives here (fast ``--help``, no torch import); each sub-command runs a
+``module:function`` target imported lazily, called with the parsed ``argparse.Namespace`` and
+returning an exit code (``None`` = 0). A target whose module does not exist yet makes the command
+say so and exit 2. ``TokenlmError`` becomes one line on stderr and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+
+from .errors import NotBuiltError, TokenlmError
+
+KBPS_CHOICES = ("1.5", "3", "6")
+Adder = Callable[[argparse.ArgumentParser], None]
+
+
+def _parser(sub, name: str, help: str, example: str, target: str, add: Adder | None = None):
+    p = sub.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if add:
+        add(p)
+    _common(p)
+    p.set_defaults(_target=target)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a run (default 0)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _group(sub, name: str, help: str, children: dict[str, tuple[str, str, str, Adder | None]]):
+    examples = "\n".join(f"  {ex}" for _, ex, _, _ in children.values())
+    p = sub.add_parser(name, help=help, description=help, epilog=f"examples:\n{examples}\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    inner = p.add_subparsers(dest=f"{name}_what", metavar="WHAT", required=True)
+    for child, (chelp, example, target, add) in children.items():
+        _parser(inner, child, chelp, example, target, add)
+
+
+# --------------------------------------------------------------------------- argument sets
+
+
+def _compress_args(p):
+    p.add_argument("input", help="audio file (wav, flac, ogg, mp3, ...)")
+    p.add_argument("-o", "--output", required=True, help="output .tlm file")
+    p.add_argument("--kbps", default="1.5", choices=KBPS_CHOICES, help="bitrate (default 1.5)")
+    p.add_argument("--model", default="codec-16k", help="bundled codec name or model folder")
+
+
+def _decompress_args(p):
+    p.add_argument("input", help=".tlm file written by `tokenlm compress`")
+    p.add_argument("-o", "--output", required=True, help="output audio file (.wav or .flac)")
+    p.add_argument("--model", default=None, help="codec folder, if not the bundled one named in the file")
+
+
+def _in_model(p, model: str):
+    p.add_argument("input", help="audio file")
+    p.add_argument("--model", default=model, help=f"bundled model name or folder (default {model})")
+
+
+def _tts_args(p):
+    p.add_argument("text", help="text to speak")
+    p.add_argument("-o", "--output", required=True, help="output .wav")
+    p.add_argument("--voice", default=None, help="a few seconds of a voice to clone (zero-shot)")
+    p.add_argument("--model", default="lm-small")
+    p.add_argument("--temperature", type=float, default=0.8)
+
+
+def _separate_args(p):
+    _in_model(p, "lm-small")
+    p.add_argument("-o", "--output", required=True, help="output folder for the separated sources")
+    p.add_argument("--target", default=None, help="enrolment clip of the speaker to extract (target speech extraction)")
+
+
+def _continue_args(p):
+    _in_model(p, "lm-small")
+    p.add_argument("-o", "--output", required=True, help="output .wav (prompt + continuation)")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds to generate (default 10)")
+    p.add_argument("--temperature", type=float, default=1.0)
+
+
+def _demo_args(p):
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+
+
+def _data_build_args(p):
+    p.add_argument("--recipe", default="small", help="corpus recipe (default small)")
+    p.add_argument("--root", default=None, help="where data goes (default ~/.cache/tokenlm/data)")
+    p.add_argument("--only", default=None, help="comma-separated parts to build (e.g. speech_real,music)")
+
+
+def _data_stats_args(p):
+    p.add_argument("--root", default=None, help="data root (default ~/.cache/tokenlm/data)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", default=None, help="write the duration histogram to this PNG")
+
+
+def _tokenize_args(p):
+    p.add_argument("manifest", help="JSONL manifest (from `tokenlm data build`)")
+    p.add_argument("-o", "--output", required=True, help="output shard folder")
+    p.add_argument("--codec", default="codec-16k", help="codec model (name or folder)")
+    p.add_argument("--semantic", action="store_true", help="also write semantic units")
+    p.add_argument("--semantic-model", default="semantic-16k")
+
+
+def _train_args(default_config: str):
+    def add(p):
+        p.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
+        p.add_argument("--out", default=None, help="run folder (default ~/.cache/tokenlm/runs/<name>)")
+        p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+        p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+        p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+        p.add_argument("--init", default=None, help="warm-start weights from this model (name or folder)")
+        p.add_argument("--manifest", default=None, help="training manifest (default: from the config)")
+
+    return add
+
+
+def _eval_args(model: str):
+    def add(p):
+        p.add_argument("--model", default=model, help=f"model name or folder (default {model})")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--out", default=None, help="folder for the report, tables and plots")
+        p.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
+
+    return add
+
+
+def _bench_args(p):
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (for smoke tests)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenlm",
+        description="tokenlm: all audio as discrete tokens, one language model for many audio tasks.",
+        epilog="example:\n  tokenlm compress speech.wav -o speech.tlm --kbps 1.5\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"tokenlm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _parser(sub, "compress", "compress audio to a .tlm token file", "tokenlm compress speech.wav -o speech.tlm --kbps 1.5",
+            "tokenlm.codecs.container:cli_compress", _compress_args)
+    _parser(sub, "decompress", "decode a .tlm token file to audio", "tokenlm decompress speech.tlm -o speech.wav",
+            "tokenlm.codecs.container:cli_decompress", _decompress_args)
+    _parser(sub, "asr", "transcribe speech", "tokenlm asr speech.wav", "tokenlm.tasks.asr:cli",
+            lambda p: _in_model(p, "lm-small"))
+    _parser(sub, "tts", "speak text, optionally in the voice of a prompt clip",
+            'tokenlm tts "Hello there." -o hello.wav --voice prompt.wav', "tokenlm.tasks.tts:cli", _tts_args)
+    _parser(sub, "separate", "separate a mixture into sources", "tokenlm separate mix.wav -o sources/",
+            "tokenlm.tasks.separation:cli", _separate_args)
+    _parser(sub, "caption", "describe the sounds in a clip", "tokenlm caption rain.wav", "tokenlm.tasks.captioning:cli",
+            lambda p: _in_model(p, "lm-small"))
+    _parser(sub, "continue", "continue a piece of music", "tokenlm continue tune.wav -o longer.wav --seconds 10",
+            "tokenlm.tasks.music:cli", _continue_args)
+    _parser(sub, "demo", "start the Gradio demo (one tab per task)", "tokenlm demo --port 7860",
+            "tokenlm.apps.demo:cli", _demo_args)
+    _group(sub, "data", "build and inspect the corpus", {
+        "build": ("fetch packages and build the corpus manifests", "tokenlm data build --recipe small",
+                  "tokenlm.corpus.build:cli_build", _data_build_args),
+        "stats": ("hours, speakers and languages per split", "tokenlm data stats --json",
+                  "tokenlm.corpus.stats:cli_stats", _data_stats_args),
+    })
+    _parser(sub, "tokenize", "turn a manifest into token shards", "tokenlm tokenize train.jsonl -o shards/ --semantic",
+            "tokenlm.data:cli_tokenize", _tokenize_args)
+    _group(sub, "train", "train a model", {
+        "codec": ("train the RVQ codec", "tokenlm train codec --config codec/small --max-minutes 60",
+                  "tokenlm.codecs.train:cli", _train_args("codec/small")),
+        "semantic": ("train the semantic tokenizer", "tokenlm train semantic --config semantic/small",
+                     "tokenlm.codecs.semantic_train:cli", _train_args("semantic/small")),
+        "lm": ("train the token LM", "tokenlm train lm --config lm/small", "tokenlm.train:cli", _train_args("lm/small")),
+    })
+    _group(sub, "eval", "evaluate a model against its peers", {
+        "codec": ("codec vs Opus, Codec2 and EnCodec", "tokenlm eval codec --json", "tokenlm.codecs.evaluate:cli",
+                  _eval_args("codec-16k")),
+        "semantic": ("semantic units: PNMI, purity, speaker invariance", "tokenlm eval semantic --json",
+                     "tokenlm.codecs.semantic_eval:cli", _eval_args("semantic-16k")),
+        "asr": ("WER on held-out speech", "tokenlm eval asr --json", "tokenlm.tasks.asr:cli_eval", _eval_args("lm-small")),
+        "tts": ("TTS intelligibility and speaker similarity", "tokenlm eval tts --json", "tokenlm.tasks.tts:cli_eval",
+                _eval_args("lm-small")),
+        "separation": ("SI-SDR improvement on held-out mixtures", "tokenlm eval separation --json",
+                       "tokenlm.tasks.separation:cli_eval", _eval_args("lm-small")),
+        "caption": ("captioning accuracy on held-out clips", "tokenlm eval caption --json",
+                    "tokenlm.tasks.captioning:cli_eval", _eval_args("lm-small")),
+    })
+    _group(sub, "bench", "measure speed", {
+        "codec": ("codec encode/decode real-time factor", "tokenlm bench codec --json", "tokenlm.codecs.bench:cli",
+                  _bench_args),
+        "rvq": ("RVQ encode vs vector-quantize-pytorch", "tokenlm bench rvq --json", "tokenlm.kernels.bench:cli_rvq",
+                _bench_args),
+        "attention": ("attention kernels vs naive and SDPA", "tokenlm bench attention --json",
+                      "tokenlm.kernels.bench:cli_attention", _bench_args),
+        "lm": ("LM training/generation speed vs HF GPT-2", "tokenlm bench lm --json", "tokenlm.bench_lm:cli",
+               _bench_args),
+    })
+    return p
+
+
+def _resolve(target: str, command: str):
+    module, func = target.split(":")
+    if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None or importlib.util.find_spec(module) is None:
+        raise NotBuiltError(f"`tokenlm {command}` is not built yet ({module} does not exist)")
+    fn = getattr(importlib.import_module(module), func, None)
+    if fn is None:
+        raise NotBuiltError(f"`tokenlm {command}` is not built yet ({target} does not exist)")
+    return fn
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .utils import setup_logging
+
+    setup_logging(args.log_level)
+    command = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_what"))
+    try:
+        fn = _resolve(args._target, command)
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from .utils import seed_everything
+
+        seed_everything(args.seed)
+        return int(fn(args) or 0)
+    except TokenlmError as e:
+        print(f"tokenlm {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokenlm {command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
