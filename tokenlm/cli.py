@@ -139,6 +139,12 @@ def _eval_args(model: str):
     return add
 
 
+def _semantic_eval_args(p):
+    _eval_args("semantic-16k")(p)
+    p.add_argument("--manifest", default=None,
+                   help="manifest with an eval split and phone files (default: the built-in espeak corpus)")
+
+
 def _bench_args(p):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -191,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "codec": ("codec vs Opus, Codec2 and EnCodec", "tokenlm eval codec --json", "tokenlm.codecs.evaluate:cli",
                   _eval_args("codec-16k")),
         "semantic": ("semantic units: PNMI, purity, speaker invariance", "tokenlm eval semantic --json",
-                     "tokenlm.codecs.semantic_eval:cli", _eval_args("semantic-16k")),
+                     "tokenlm.codecs.semantic_eval:cli", _semantic_eval_args),
         "asr": ("WER on held-out speech", "tokenlm eval asr --json", "tokenlm.tasks.asr:cli_eval", _eval_args("lm-small")),
         "tts": ("TTS intelligibility and speaker similarity", "tokenlm eval tts --json", "tokenlm.tasks.tts:cli_eval",
                 _eval_args("lm-small")),

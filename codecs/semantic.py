@@ -1,0 +1,262 @@
+"""Semantic tokenizer: a HuBERT-style speech encoder + k-means -> one stream of units ``[B, 1, T]``.
+
+HuBERT (Hsu et al., 2021) learns speech representations by *masked prediction of cluster targets*:
+frames are masked and the Transformer predicts the k-means unit of each masked frame from context.
+Iteration 1 clusters MFCCs (+ deltas); iteration 2 clusters an intermediate layer of the iteration-1
+model. The tokenizer then quantises one layer's output with a final k-means (``centroids``, part of the
+state dict), which is what downstream models see as "semantic units".
+
+Sized for a CPU: instead of HuBERT's sample-rate CNN, the front end is a log-mel spectrogram with the
+codec's hop (320 samples at 16 kHz -> 50 Hz, one unit per codec frame) and two 1-D convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from tokenlm.errors import TokenlmError
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """The encoder and its unit k-means. ``frame_rate = sample_rate / hop_length`` (50 Hz by default)."""
+
+    sample_rate: int = 16000
+    hop_length: int = 320
+    n_fft: int = 512
+    win_length: int = 400
+    n_mels: int = 80
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    ff_mult: int = 4
+    conv_pos_kernel: int = 31
+    dropout: float = 0.1
+    n_targets: int = 100  # classes of the masked-prediction head (k-means of the training targets)
+    codebook_size: int = 100  # semantic units of the tokenizer
+    unit_layer: int = 4  # 1-based Transformer layer whose output is clustered into units
+
+
+# --------------------------------------------------------------------------- features
+
+
+class LogMel(nn.Module):
+    """Waveform ``[B, N]`` -> log-mel ``[B, n_mels, T]`` with ``T = ceil(N / hop_length)``.
+
+    Frame ``t`` is centred on sample ``t * hop + hop / 2``, i.e. it describes ``[t*hop, (t+1)*hop)``,
+    the same span as codec frame ``t``.
+    """
+
+    def __init__(self, cfg: SemanticConfig):
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank
+
+        fb = mel_filter_bank(num_frequency_bins=cfg.n_fft // 2 + 1, num_mel_filters=cfg.n_mels, min_frequency=20.0,
+                             max_frequency=cfg.sample_rate / 2, sampling_rate=cfg.sample_rate, norm="slaney",
+                             mel_scale="slaney")
+        self.register_buffer("fbank", torch.tensor(fb, dtype=torch.float32).T.contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+        self.hop, self.n_fft, self.win = cfg.hop_length, cfg.n_fft, cfg.win_length
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        B, N = wav.shape
+        T = max(1, math.ceil(N / self.hop))
+        left = self.n_fft // 2 - self.hop // 2
+        right = T * self.hop - N + (self.n_fft - self.hop - left)
+        x = F.pad(wav, (left, right))
+        spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
+        power = spec.real**2 + spec.imag**2  # [B, F, T]
+        mel = torch.einsum("mf,bft->bmt", self.fbank, power[..., :T])
+        return torch.log(mel + 1e-6)
+
+
+def cmvn(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-utterance mean/variance normalisation over time of ``[B, D, T]`` (removes channel and level)."""
+    return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, correction=0) + eps)
+
+
+def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """Regression deltas along time of ``[B, D, T]`` (the HTK formula, edges replicated)."""
+    pad = F.pad(x, (width, width), mode="replicate")
+    T = x.shape[-1]
+    num = sum(n * (pad[..., width + n: width + n + T] - pad[..., width - n: width - n + T]) for n in range(1, width + 1))
+    return num / (2 * sum(n * n for n in range(1, width + 1)))
+
+
+def mfcc_features(logmel: torch.Tensor, n_mfcc: int = 13) -> torch.Tensor:
+    """Log-mel ``[B, M, T]`` -> MFCC + delta + delta-delta ``[B, T, 3 * n_mfcc]``, per-utterance CMVN."""
+    M = logmel.shape[1]
+    n = torch.arange(M, dtype=logmel.dtype, device=logmel.device)
+    k = torch.arange(n_mfcc, dtype=logmel.dtype, device=logmel.device)[:, None]
+    dct = torch.cos(math.pi / M * (n + 0.5) * k) * math.sqrt(2.0 / M)  # DCT-II, orthonormal rows
+    c = torch.einsum("km,bmt->bkt", dct, logmel)
+    d1 = deltas(c)
+    feats = torch.cat([c, d1, deltas(d1)], dim=1)
+    return rearrange(cmvn(feats), "b d t -> b t d")
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Index of the nearest centroid (squared L2) for each row of ``x [N, D]`` -> ``[N]`` int64."""
+    c2 = (centroids**2).sum(1)
+    out = [((-2.0 * xs @ centroids.T) + c2).argmin(1) for xs in x.split(chunk)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, batch_size: int = 8192, seed: int = 0) -> torch.Tensor:
+    """Mini-batch k-means (Sculley, 2010) in torch: ``x [N, D]`` -> centroids ``[k, D]``.
+
+    k-means++ initialisation on a subsample, then ``iters`` passes of mini-batches where each centroid
+    moves towards its assigned points with a per-centroid rate ``1 / count``; centroids that stay empty
+    are re-seeded from random points so that every unit is used.
+    """
+    N = x.shape[0]
+    if N < k:
+        raise TokenlmError(f"k-means needs at least {k} frames, got {N}")
+    g = torch.Generator().manual_seed(seed)
+    x = x.float()
+    c = _kmeans_pp(x[torch.randperm(N, generator=g)[: min(N, 20 * k)]], k, g)
+    counts = torch.zeros(k)
+    for _ in range(iters):
+        hits = torch.zeros(k)
+        for idx in torch.randperm(N, generator=g).split(batch_size):
+            xb = x[idx]
+            a = nearest(xb, c)
+            n = torch.bincount(a, minlength=k).float()
+            sums = torch.zeros_like(c).index_add_(0, a, xb)
+            counts += n
+            hits += n
+            rate = (n / counts.clamp(min=1))[:, None]
+            c = c + rate * (sums / n.clamp(min=1)[:, None] - c) * (n > 0)[:, None]
+        dead = hits == 0
+        if dead.any():
+            c[dead] = x[torch.randint(N, (int(dead.sum()),), generator=g)]
+            counts[dead] = 0
+    return c
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    c = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
+    d2 = ((x - c[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        i = torch.multinomial(d2 / d2.sum().clamp(min=1e-12) + 1e-12, 1, generator=g)
+        c.append(x[i].squeeze(0))
+        d2 = torch.minimum(d2, ((x - c[-1]) ** 2).sum(1))
+    return torch.stack(c)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+@dataclass
+class EncoderOutput:
+    """``hidden`` [B, T, D] after the final norm; ``layers[i]`` [B, T, D] is the output of layer i + 1."""
+
+    hidden: torch.Tensor
+    layers: list[torch.Tensor]
+
+
+class SemanticEncoder(nn.Module):
+    """Log-mel -> conv front end -> (masking) -> conv positional embedding -> pre-norm Transformer."""
+
+    def __init__(self, cfg: SemanticConfig):
+        super().__init__()
+        self.features = LogMel(cfg)
+        self.frontend = nn.Sequential(
+            nn.Conv1d(cfg.n_mels, cfg.dim, 3, padding=1), nn.GELU(), nn.Conv1d(cfg.dim, cfg.dim, 3, padding=1)
+        )
+        self.frontend_norm = nn.LayerNorm(cfg.dim)
+        self.mask_emb = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        groups = math.gcd(16, cfg.dim)
+        self.pos_conv = nn.Conv1d(cfg.dim, cfg.dim, cfg.conv_pos_kernel, padding=cfg.conv_pos_kernel // 2, groups=groups)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, cfg.ff_mult * cfg.dim, cfg.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(cfg.n_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform ``[B, N]`` -> normalised log-mel ``[B, n_mels, T]``."""
+        return cmvn(self.features(wav))
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None, upto: int | None = None) -> EncoderOutput:
+        """``feats`` [B, n_mels, T]; ``mask`` [B, T] bool (True = replaced by the mask embedding);
+        ``upto`` stops after that many layers (feature extraction needs no more)."""
+        x = rearrange(self.frontend(feats), "b d t -> b t d")
+        x = self.frontend_norm(x)
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        x = x + F.gelu(rearrange(self.pos_conv(rearrange(x, "b t d -> b d t")), "b d t -> b t d"))
+        outs = []
+        for layer in self.layers[: upto or len(self.layers)]:
+            x = layer(x)
+            outs.append(x)
+        return EncoderOutput(self.norm(x), outs)
+
+
+def span_mask(B: int, T: int, prob: float, span: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """HuBERT/wav2vec 2.0 masking: each frame starts a masked span of ``span`` frames with ``prob``.
+
+    -> ``[B, T]`` bool; at least one span per row so that every example has a loss.
+    """
+    starts = torch.rand(B, T, generator=generator) < prob
+    starts[torch.arange(B), torch.randint(max(1, T - span + 1), (B,), generator=generator)] = True
+    # frame t is masked when a span started in [t - span + 1, t]
+    return F.max_pool1d(F.pad(starts.float()[:, None], (span - 1, 0)), span, stride=1)[:, 0] > 0
+
+
+# --------------------------------------------------------------------------- the tokenizer
+
+
+class SemanticTokenizer(nn.Module):
+    """AudioTokenizer with ``n_q = 1``: ``encode(wav [B, C, N]) -> codes [B, 1, T]`` int64 at ``frame_rate``.
+
+    Units are the nearest of ``codebook_size`` centroids to the output of Transformer layer
+    ``unit_layer``. Semantic units carry no speaker or phase information, so ``decode`` is refused.
+    """
+
+    config_class = SemanticConfig
+
+    def __init__(self, cfg: SemanticConfig):
+        super().__init__()
+        if not 1 <= cfg.unit_layer <= cfg.n_layers:
+            raise TokenlmError(f"unit_layer {cfg.unit_layer} outside 1..{cfg.n_layers}")
+        self.cfg = cfg
+        self.encoder = SemanticEncoder(cfg)
+        self.head = nn.Linear(cfg.dim, cfg.n_targets)
+        self.register_buffer("centroids", torch.zeros(cfg.codebook_size, cfg.dim))
+
+    sample_rate = property(lambda self: self.cfg.sample_rate)
+    codebook_size = property(lambda self: self.cfg.codebook_size)
+    frame_rate = property(lambda self: self.cfg.sample_rate / self.cfg.hop_length)
+    n_q = 1
+
+    def features(self, wav: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Mono ``wav`` [B, N] -> layer ``layer`` (default ``unit_layer``) output ``[B, T, dim]``."""
+        layer = layer or self.cfg.unit_layer
+        return self.encoder(self.encoder.frames(wav), upto=layer).layers[layer - 1]
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav`` [B, C, N] float at ``sample_rate`` (channels are averaged) -> ``codes`` [B, 1, T] int64,
+        ``T = ceil(N / hop_length)``."""
+        if wav.dim() != 3:
+            raise TokenlmError(f"encode expects wav [B, C, N], got shape {tuple(wav.shape)}")
+        if wav.shape[-1] == 0:
+            raise TokenlmError("encode got an empty waveform")
+        h = self.features(wav.float().mean(1))
+        B, T, D = h.shape
+        codes = nearest(h.reshape(B * T, D), self.centroids)
+        return codes.view(B, 1, T)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise TokenlmError("semantic units cannot be decoded to audio; decode codec codes instead")

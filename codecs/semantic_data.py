@@ -1,0 +1,269 @@
+"""Speech with phone timings for the semantic tokenizer: an espeak-ng corpus and a manifest reader.
+
+espeak-ng is driven through its shared library (ctypes) because only the library reports phoneme
+events (``espeakEVENT_PHONEME``, with the sample position of each phone start); the command line's
+``--pho`` needs mbrola, which is not available here. Voices are an accent plus a variant
+(``en-gb-x-rp+f4``) with a per-utterance pitch, range and rate, so that held-out *voices* can be kept
+apart from training voices: the ``eval`` split uses accents and variants that training never hears.
+
+A clip is a row of a JSONL manifest: ``{"path", "duration", "speaker", "text", "split", "phones"}``
+where ``phones`` names a JSON file ``[[start_s, end_s, phone], ...]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokenlm.errors import TokenlmError
+from tokenlm.utils import atomic_write_text, cache_dir, progress
+
+from .audio import load_audio, resample, save_audio
+
+ESPEAK_RATE = 22050
+TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us-nyc")
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "belinda", "david")
+EVAL_ACCENTS = ("en-gb-x-rp", "en-gb-x-gbcwmd")
+EVAL_VARIANTS = ("m7", "f4", "f5", "klatt4", "Andy", "linda")
+SILENCE = "_"
+
+
+# --------------------------------------------------------------------------- espeak-ng through ctypes
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT in speak_lib.h
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
+_PARAM = {"rate": 1, "pitch": 3, "range": 4}
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """``samples`` [N] float32 at ``sample_rate``; ``phones`` [(start_s, end_s, phone)] covering the clip."""
+
+    samples: np.ndarray
+    sample_rate: int
+    phones: list[tuple[float, float, str]]
+
+
+class Espeak:
+    """One espeak-ng engine in synchronous mode; ``say`` returns audio with phone timings."""
+
+    _lib = None
+
+    def __init__(self):
+        if Espeak._lib is None:
+            try:
+                lib = ctypes.CDLL("libespeak-ng.so.1")
+            except OSError:
+                raise TokenlmError("libespeak-ng.so.1 not found (apt-get install espeak-ng)") from None
+            if lib.espeak_Initialize(2, 0, None, 1) != ESPEAK_RATE:  # synchronous, phoneme events on
+                raise TokenlmError("espeak-ng failed to initialise")
+            Espeak._lib = lib
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, str]] = []
+        self._cb = _CALLBACK(self._collect)  # keep a reference: ctypes does not
+        Espeak._lib.espeak_SetSynthCallback(self._cb)
+
+    def _collect(self, wav, n, events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+        i = 0
+        while events[i].type != _EVENT_END_OF_LIST:
+            if events[i].type == _EVENT_PHONEME:
+                self._events.append((events[i].sample, events[i].id.string.decode("ascii", "replace")))
+            i += 1
+        return 0
+
+    def say(self, text: str, voice: str, pitch: int = 50, range_: int = 50, rate: int = 175) -> Utterance:
+        """Speak ``text`` with ``voice`` (``accent+variant``) -> 22.05 kHz audio and phone intervals."""
+        lib = Espeak._lib
+        lib.espeak_SetSynthCallback(self._cb)
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise TokenlmError(f"espeak-ng has no voice {voice!r}")
+        for name, value in (("pitch", pitch), ("range", range_), ("rate", rate)):
+            lib.espeak_SetParameter(_PARAM[name], int(value), 0)
+        self._chunks, self._events = [], []
+        data = text.encode("utf-8") + b"\0"
+        lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)
+        lib.espeak_Synchronize()
+        wav = np.concatenate(self._chunks).astype(np.float32) / 32768.0 if self._chunks else np.zeros(0, np.float32)
+        return Utterance(wav, ESPEAK_RATE, _intervals(self._events, len(wav), ESPEAK_RATE))
+
+
+def _intervals(events: list[tuple[int, str]], n: int, sr: int) -> list[tuple[float, float, str]]:
+    """Phone-start events -> covering intervals; pauses (``_``, ``_:``, ...) and the lead-in are silence."""
+    starts = [(0, SILENCE)] + [(s, SILENCE if p.startswith("_") else p) for s, p in events]
+    out = []
+    for (s, p), (e, _) in zip(starts, starts[1:] + [(n, SILENCE)]):
+        if e > s:
+            out.append((s / sr, min(e, n) / sr, p))
+    return out
+
+
+def frame_labels(phones: list, n_frames: int, hop_s: float) -> list[str]:
+    """Phone at each frame centre ``(t + 0.5) * hop_s``; frames past the last interval are silence."""
+    ends = np.array([p[1] for p in phones])
+    centres = (np.arange(n_frames) + 0.5) * hop_s
+    idx = np.searchsorted(ends, centres, side="right")
+    return [phones[i][2] if i < len(phones) else SILENCE for i in idx]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def harvest_sentences(n: int, seed: int = 0) -> list[str]:
+    """Up to ``n`` plain English sentences (5-16 words) from the docstrings of Python's standard library.
+
+    The sources are parsed with ``ast``, never imported (importing arbitrary modules has side effects).
+    """
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not {"site-packages", "test", "tests"} & set(p.parts))
+    seen: set[str] = set()
+    out: list[str] = []
+    for f in files:
+        try:
+            tree = ast.parse(f.read_text(errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                _take_sentences(ast.get_docstring(node), seen, out)
+    random.Random(seed).shuffle(out)
+    return out[:n]
+
+
+def _take_sentences(doc: str | None, seen: set[str], out: list[str]) -> None:
+    for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", doc or "")):
+        words = s.rstrip(".!?").split()
+        if 5 <= len(words) <= 16 and all(re.fullmatch(r"[A-Za-z][a-z]*[,;]?", w) for w in words):
+            if s.lower() not in seen:
+                seen.add(s.lower())
+                out.append(s)
+
+
+# --------------------------------------------------------------------------- the development corpus
+
+
+def random_voice(rng: random.Random, split: str) -> dict:
+    accents, variants = (TRAIN_ACCENTS, TRAIN_VARIANTS) if split == "train" else (EVAL_ACCENTS, EVAL_VARIANTS)
+    return {"voice": f"{rng.choice(accents)}+{rng.choice(variants)}", "pitch": rng.randint(25, 80),
+            "range_": rng.randint(30, 90), "rate": rng.randint(140, 210)}
+
+
+def build_espeak_corpus(root: Path, n_train: int, n_eval_sentences: int, voices_per_eval: int = 3,
+                        sample_rate: int = 16000, seed: int = 0, sentences: list[str] | None = None) -> Path:
+    """Write ``root/manifest.jsonl`` (+ wavs and phone files): ``n_train`` training clips, one random
+    training voice each, and ``n_eval_sentences`` held-out sentences each spoken by ``voices_per_eval``
+    different held-out voices (split ``eval``). Returns the manifest path."""
+    rng = random.Random(seed)
+    sentences = sentences or harvest_sentences(n_train + n_eval_sentences, seed)
+    if len(sentences) < n_train + n_eval_sentences:
+        raise TokenlmError(f"only {len(sentences)} sentences available, need {n_train + n_eval_sentences}")
+    jobs = [("train", i, s, [random_voice(rng, "train")]) for i, s in enumerate(sentences[:n_train])]
+    for j, s in enumerate(sentences[n_train:n_train + n_eval_sentences]):
+        vs = _distinct_voices(rng, voices_per_eval)
+        jobs.append(("eval", j, s, vs))
+    engine, rows = Espeak(), []
+    for split, i, text, voices in progress(jobs, desc="espeak corpus"):
+        for v in voices:
+            rows.append(_write_clip(root, engine, split, i, text, v, sample_rate))
+    manifest = root / "manifest.jsonl"
+    atomic_write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def _distinct_voices(rng: random.Random, k: int) -> list[dict]:
+    out, names = [], set()
+    while len(out) < k:
+        v = random_voice(rng, "eval")
+        if v["voice"] not in names:
+            names.add(v["voice"])
+            out.append(v)
+    return out
+
+
+def _write_clip(root: Path, engine: Espeak, split: str, i: int, text: str, v: dict, sr: int) -> dict:
+    utt = engine.say(text, **v)
+    name = f"{split}/{i:05d}_{v['voice'].replace('+', '_')}"
+    wav = root / f"{name}.wav"
+    save_audio(wav, resample(utt.samples[None], utt.sample_rate, sr)[0] * 0.9, sr)
+    phones = root / f"{name}.phones.json"
+    atomic_write_text(phones, json.dumps([[round(a, 4), round(b, 4), p] for a, b, p in utt.phones]))
+    return {"path": str(wav), "duration": round(len(utt.samples) / utt.sample_rate, 3), "speaker": v["voice"],
+            "text": text, "split": split, "phones": str(phones), "sentence": f"{split}-{i}"}
+
+
+def dev_corpus(n_train: int = 4000, n_eval_sentences: int = 150) -> Path:
+    """The default espeak corpus in the cache, built once (a minute or two) and reused."""
+    root = cache_dir() / "data" / "semantic_espeak"
+    manifest = root / "manifest.jsonl"
+    if not manifest.exists():
+        build_espeak_corpus(root, n_train, n_eval_sentences)
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading clips
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One speech clip in memory: ``samples`` [N] float32 at the model rate, phones if known."""
+
+    samples: np.ndarray
+    speaker: str
+    text: str
+    sentence: str
+    phones: list | None
+
+
+def read_rows(manifest: str | Path, split: str | None = None, limit: int | None = None) -> list[dict]:
+    path = Path(manifest)
+    if not path.is_file():
+        raise TokenlmError(f"no manifest at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if split is None or r.get("split") == split]
+    return rows[:limit] if limit else rows
+
+
+def load_clips(rows: list[dict], sample_rate: int, desc: str = "loading clips") -> list[Clip]:
+    """Read each row's audio (mono, ``sample_rate``) and phone file (if it has one)."""
+    clips = []
+    for r in progress(rows, desc=desc):
+        audio = load_audio(r["path"], sample_rate=sample_rate)
+        phones = read_phones(r["phones"]) if r.get("phones") else None
+        clips.append(Clip(audio.samples[0], r.get("speaker", ""), r.get("text", ""),
+                          r.get("sentence", r.get("text", "")), phones))
+    return clips
+
+
+def read_phones(path: str | Path) -> list[tuple[float, float, str]]:
+    """A phone file -> ``[(start_s, end_s, phone)]``: JSON (this module) or ``start end phone`` lines
+    (the corpus format, ``tokenlm.corpus``)."""
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):
+        return [(float(a), float(b), str(p)) for a, b, p in json.loads(text)]
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.append((float(parts[0]), float(parts[1]), parts[2]))
+    return out

@@ -1,0 +1,219 @@
+"""Score semantic units on held-out voices: PNMI, purities, speaker invariance, vs MFCC k-means.
+
+``tokenlm eval semantic --json [--model FOLDER] [--out DIR]``. Data: the ``eval`` split of the espeak
+corpus (accents and voice variants that training never hears; each sentence spoken by 3 of them),
+with espeak-ng's own phone timings as frame labels (frame centres, 20 ms frames).
+
+Metrics (Hsu et al., HuBERT, 2021, section V-B), from the joint distribution ``P(phone, unit)`` over
+frames: phone purity ``sum_u max_p P(p, u)``; cluster purity ``sum_p max_u P(p, u)``; PNMI
+``I(phone; unit) / H(phone)``. The floor is k-means of MFCC + deltas (per-utterance CMVN) with the
+same number of units, fitted on training voices in the same run. Speaker invariance: normalised edit
+distance between de-duplicated unit sequences, the same sentence by two different voices vs two
+different sentences by one voice (lower ratio = more speaker-invariant).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokenlm.utils import atomic_write_text
+
+from .semantic import SemanticConfig, kmeans, nearest
+from .semantic_data import Clip, dev_corpus, frame_labels, load_clips, read_rows
+
+log = logging.getLogger("tokenlm.semantic")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def pnmi_stats(units: np.ndarray, phones: list[str]) -> dict[str, float]:
+    """Frame-aligned ``units`` [F] int and ``phones`` [F] -> pnmi, phone_purity, cluster_purity."""
+    if len(units) != len(phones) or len(units) == 0:
+        raise ValueError(f"need equal non-empty lengths, got {len(units)} units and {len(phones)} phones")
+    names, p_idx = np.unique(np.asarray(phones), return_inverse=True)
+    u_names, u_idx = np.unique(np.asarray(units), return_inverse=True)
+    joint = np.zeros((len(names), len(u_names)))
+    np.add.at(joint, (p_idx, u_idx), 1.0)
+    joint /= joint.sum()
+    pp, pu = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / (pp @ pu)[nz])).sum())
+    h = float(-(pp[pp > 0] * np.log(pp[pp > 0])).sum())
+    return {"pnmi": mi / h if h > 0 else 0.0, "phone_purity": float(joint.max(0).sum()),
+            "cluster_purity": float(joint.max(1).sum())}
+
+
+def dedup(seq: np.ndarray) -> np.ndarray:
+    """Collapse runs of the same unit (``1 1 5 5 5 2 -> 1 5 2``)."""
+    seq = np.asarray(seq)
+    return seq[np.r_[True, seq[1:] != seq[:-1]]] if len(seq) else seq
+
+
+def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """Levenshtein distance between two integer sequences (row-by-row DP, one numpy row per step)."""
+    prev = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        sub = prev[:-1] + (np.asarray(b) != x)
+        cur = np.empty_like(prev)
+        cur[0] = i
+        best = np.minimum(sub, prev[1:] + 1)
+        for j in range(1, len(b) + 1):  # insertion depends on the left neighbour: a short scalar pass
+            cur[j] = min(best[j - 1], cur[j - 1] + 1)
+        prev = cur
+    return int(prev[-1])
+
+
+def norm_distance(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = dedup(a), dedup(b)
+    return edit_distance(a, b) / max(len(a), len(b), 1)
+
+
+def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: int = 300) -> dict[str, float]:
+    """Mean normalised unit edit distance: same sentence / different voices vs different sentences /
+    same voice. ``ratio`` < 1 means the units follow the words more than the voice."""
+    same, diff = [], []
+    for i, j in itertools.combinations(range(len(clips)), 2):
+        a, b = clips[i], clips[j]
+        if a.sentence == b.sentence and a.speaker != b.speaker:
+            same.append((i, j))
+        elif a.sentence != b.sentence and a.speaker == b.speaker:
+            diff.append((i, j))
+    rng = np.random.default_rng(0)
+    pick = lambda pairs: [pairs[k] for k in rng.permutation(len(pairs))[:max_pairs]]  # noqa: E731
+    d_same = [norm_distance(units[i], units[j]) for i, j in pick(same)]
+    d_diff = [norm_distance(units[i], units[j]) for i, j in pick(diff)]
+    if not d_same or not d_diff:
+        return {"same_sentence_cross_voice": float("nan"), "diff_sentence_same_voice": float("nan"), "ratio": float("nan")}
+    s, d = float(np.mean(d_same)), float(np.mean(d_diff))
+    return {"same_sentence_cross_voice": s, "diff_sentence_same_voice": d, "ratio": s / d,
+            "pairs_same": len(d_same), "pairs_diff": len(d_diff)}
+
+
+def clip_labels(clip: Clip, n_frames: int, cfg: SemanticConfig) -> list[str]:
+    return frame_labels(clip.phones, n_frames, cfg.hop_length / cfg.sample_rate)
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+@torch.no_grad()
+def model_units(model, clips: list[Clip]) -> list[np.ndarray]:
+    return [model.encode(torch.from_numpy(c.samples)[None, None])[0, 0].numpy() for c in clips]
+
+
+@torch.no_grad()
+def mfcc_units(cfg: SemanticConfig, train: list[Clip], clips: list[Clip], k: int) -> list[np.ndarray]:
+    """MFCC k-means baseline: ``k`` centroids fitted on training clips, applied to ``clips``."""
+    from .semantic import LogMel, mfcc_features
+
+    logmel = LogMel(cfg)
+    feats = lambda c: mfcc_features(logmel(torch.from_numpy(c.samples)[None]))[0]  # noqa: E731
+    cents = kmeans(torch.cat([feats(c) for c in train]), k, iters=10)
+    return [nearest(feats(c), cents).numpy() for c in clips]
+
+
+def score(units: list[np.ndarray], clips: list[Clip], cfg: SemanticConfig) -> dict:
+    labels = sum((clip_labels(c, len(u), cfg) for c, u in zip(clips, units)), [])
+    return {**pnmi_stats(np.concatenate(units), labels), "speaker_invariance": speaker_invariance(units, clips)}
+
+
+def evaluate(model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300,
+             out: Path | None = None) -> dict:
+    """Score ``model`` (a SemanticTokenizer) and the MFCC k-means floor on the eval split."""
+    manifest = manifest or dev_corpus()
+    cfg = model.cfg
+    rows = [r for r in read_rows(manifest, split="eval") if r.get("phones")]
+    clips = load_clips(rows[:limit] if limit else rows, cfg.sample_rate, desc="eval clips")
+    train_rows = read_rows(manifest, split="train")
+    train = load_clips(train_rows[-n_train:], cfg.sample_rate, desc="baseline fit clips")
+    units = model_units(model, clips)
+    ours = score(units, clips, cfg)
+    base = score(mfcc_units(cfg, train, clips, cfg.codebook_size), clips, cfg)
+    eval_voices = sorted({c.speaker for c in clips})
+    train_voices = {r.get("speaker") for r in train_rows}
+    report = {
+        "pnmi": ours["pnmi"], "pnmi_mfcc_kmeans": base["pnmi"], "pnmi_ratio": ours["pnmi"] / max(base["pnmi"], 1e-9),
+        "phone_purity": ours["phone_purity"], "cluster_purity": ours["cluster_purity"],
+        "speaker_invariance": ours["speaker_invariance"],
+        "mfcc_kmeans": base,
+        "codebook_size": cfg.codebook_size, "frame_rate": model.frame_rate, "unit_layer": cfg.unit_layer,
+        "eval_clips": len(clips), "eval_frames": int(sum(len(u) for u in units)),
+        "eval_voices": eval_voices, "eval_voices_seen_in_training": sorted(set(eval_voices) & train_voices),
+        "model": str(getattr(model, "pretrained_name", "")), "model_meta": getattr(model, "pretrained_meta", {}),
+    }
+    if out is not None:
+        write_report(report, out, model, clips[0])
+    return report
+
+
+def write_report(report: dict, out: Path, model, clip: Clip) -> None:
+    """``out/semantic_eval.json``, ``out/semantic_eval.md`` and ``out/units.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "semantic_eval.json", json.dumps(report, indent=2) + "\n")
+    base, si, bsi = report["mfcc_kmeans"], report["speaker_invariance"], report["mfcc_kmeans"]["speaker_invariance"]
+    rows = [("PNMI", report["pnmi"], base["pnmi"]), ("phone purity", report["phone_purity"], base["phone_purity"]),
+            ("cluster purity", report["cluster_purity"], base["cluster_purity"]),
+            ("unit distance, same sentence / 2 voices", si["same_sentence_cross_voice"], bsi["same_sentence_cross_voice"]),
+            ("unit distance, 2 sentences / same voice", si["diff_sentence_same_voice"], bsi["diff_sentence_same_voice"]),
+            ("ratio (lower = more speaker-invariant)", si["ratio"], bsi["ratio"])]
+    md = [f"# Semantic units on held-out voices ({report['eval_clips']} clips, {report['codebook_size']} units)", "",
+          "| metric | model | MFCC k-means |", "|---|---|---|"]
+    md += [f"| {name} | {a:.3f} | {b:.3f} |" for name, a, b in rows]
+    atomic_write_text(out / "semantic_eval.md", "\n".join(md) + "\n")
+    plot_units(model, clip, out / "units.png")
+
+
+def plot_units(model, clip: Clip, path: Path) -> None:
+    """Log-mel spectrogram with the unit sequence above it and the phone boundaries as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = model.cfg
+    wav = torch.from_numpy(clip.samples)[None]
+    with torch.no_grad():
+        mel = model.encoder.features(wav)[0].numpy()
+        units = model.encode(wav[None])[0, 0].numpy()
+    fps = model.frame_rate
+    fig, (ax_u, ax_s) = plt.subplots(2, 1, figsize=(14, 5), sharex=True, gridspec_kw={"height_ratios": [1, 3]})
+    ax_s.imshow(mel, origin="lower", aspect="auto", extent=(0, mel.shape[1] / fps, 0, cfg.n_mels), cmap="magma")
+    for start, end, ph in clip.phones:
+        ax_s.axvline(start, color="w", lw=0.6, alpha=0.7)
+        ax_s.text((start + end) / 2, cfg.n_mels * 0.93, ph, color="w", fontsize=7, ha="center")
+    t = (np.arange(len(units)) + 0.5) / fps
+    ax_u.step(t, units, where="mid", lw=0.8)
+    for x, u in zip(t[np.r_[True, units[1:] != units[:-1]]], dedup(units)):
+        ax_u.text(x, u, str(u), fontsize=6)
+    ax_u.set_ylabel("unit")
+    ax_s.set_ylabel("mel bin")
+    ax_s.set_xlabel("seconds")
+    ax_u.set_title(f"{clip.speaker}: {clip.text}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def cli(args) -> int:
+    from tokenlm.pretrained import load
+
+    model = load(args.model)
+    manifest = Path(args.manifest) if getattr(args, "manifest", None) else None
+    report = evaluate(model, manifest=manifest, limit=args.limit, out=Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        si = report["speaker_invariance"]
+        print(f"PNMI {report['pnmi']:.3f} (MFCC k-means {report['pnmi_mfcc_kmeans']:.3f}), phone purity "
+              f"{report['phone_purity']:.3f}, cluster purity {report['cluster_purity']:.3f}, unit distance "
+              f"same-sentence {si['same_sentence_cross_voice']:.3f} vs different-sentence {si['diff_sentence_same_voice']:.3f}")
+    return 0

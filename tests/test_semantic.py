@@ -1,0 +1,172 @@
+"""Semantic tokenizer: features, k-means, masking, metrics, espeak corpus, tiny train/resume/export, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tokenlm.checkpoint import load_state
+from tokenlm.cli import main
+from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
+from tokenlm.codecs.semantic_data import Espeak, build_espeak_corpus, frame_labels, read_phones
+from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
+from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
+from tokenlm.config import load_config
+from tokenlm.errors import TokenlmError
+from tokenlm.pretrained import load
+from tokenlm.utils import seed_everything
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
+    "A stitch in time saves nine, they said.", "Every cloud has a silver lining today.",
+    "Return the number of bytes written to the file.", "All futures must share the same event loop.",
+    "Seven small birds sat on the old fence.", "We will meet again in the morning.",
+    "Open the window and let the fresh air in.", "This value is ignored by the parser.",
+]
+
+TINY = SemanticConfig(n_mels=40, dim=32, n_layers=2, n_heads=2, ff_mult=2, conv_pos_kernel=7, n_targets=8,
+                      codebook_size=8, unit_layer=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """8 training clips (training voices) + 2 held-out sentences x 2 held-out voices, with phone files."""
+    return build_espeak_corpus(tmp_path_factory.mktemp("espeak"), 8, 2, voices_per_eval=2, sentences=SENTENCES)
+
+
+def test_tokenizer_shapes_and_contract():
+    tok = SemanticTokenizer(TINY).eval()
+    for n in (1, 319, 320, 321, 16000):
+        codes = tok.encode(torch.randn(2, 1, n) * 0.1)
+        assert codes.shape == (2, 1, -(-n // 320)) and codes.dtype == torch.int64
+        assert 0 <= int(codes.min()) and int(codes.max()) < TINY.codebook_size
+    assert (tok.n_q, tok.sample_rate, tok.frame_rate) == (1, 16000, 50.0)
+    assert "centroids" in tok.state_dict()
+    stereo = torch.randn(1, 2, 8000) * 0.1
+    assert torch.equal(tok.encode(stereo), tok.encode(stereo.mean(1, keepdim=True)))
+    with pytest.raises(TokenlmError, match="cannot be decoded"):
+        tok.decode(torch.zeros(1, 1, 5, dtype=torch.long))
+    with pytest.raises(TokenlmError):
+        tok.encode(torch.randn(8000))
+
+
+def test_kmeans_recovers_separated_blobs():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = torch.cat([c + 0.3 * torch.randn(500, 2, generator=g) for c in centres])
+    c = kmeans(x, 4, iters=5, batch_size=256)
+    dist = torch.cdist(centres, c)
+    assert dist.min(1).values.max() < 0.2  # every true centre has a centroid close by
+    truth = torch.arange(4).repeat_interleave(500)
+    assign = nearest(x, c)
+    for k in range(4):  # each blob maps to one cluster
+        assert (assign[truth == k] == assign[truth == k][0]).all()
+    with pytest.raises(TokenlmError):
+        kmeans(x[:3], 4)
+
+
+def test_span_mask_makes_spans():
+    m = span_mask(8, 200, 0.05, 5, torch.Generator().manual_seed(0))
+    assert m.shape == (8, 200) and m.dtype == torch.bool and m.any(1).all()
+    for row in m:  # every run of masked frames is at least one span long (unless cut by the end)
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, row.int().numpy(), 0])))[::2]
+        assert runs.min() >= 5 or row[-1]
+
+
+def test_mfcc_features_shape_and_normalisation():
+    logmel = torch.randn(2, 80, 50)
+    f = mfcc_features(logmel)
+    assert f.shape == (2, 50, 39)
+    assert torch.allclose(f.mean(1), torch.zeros(2, 39), atol=1e-4)
+
+
+def test_pnmi_and_purity():
+    phones = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    perfect = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    s = pnmi_stats(perfect, phones)
+    assert s["pnmi"] == pytest.approx(1.0) and s["phone_purity"] == pytest.approx(1.0)
+    split = np.array([0] * 25 + [3] * 25 + [1] * 30 + [2] * 20)  # more units than phones: still pure
+    s = pnmi_stats(split, phones)
+    assert s["pnmi"] == pytest.approx(1.0) and s["phone_purity"] == 1.0 and s["cluster_purity"] == 0.75
+    assert pnmi_stats(np.zeros(100, int), phones)["pnmi"] == 0.0
+    rng = np.random.default_rng(0)
+    assert pnmi_stats(rng.integers(0, 3, 30000), list(rng.choice(["a", "b"], 30000)))["pnmi"] < 0.01
+
+
+def test_edit_distance_and_invariance():
+    assert edit_distance(np.array([1, 2, 3]), np.array([1, 2, 3])) == 0
+    assert edit_distance(np.array([1, 2, 3, 4]), np.array([2, 3, 5])) == 2
+    assert edit_distance(np.array([], int), np.array([7, 7])) == 2
+    assert list(dedup(np.array([1, 1, 5, 5, 5, 2, 1]))) == [1, 5, 2, 1]
+
+    class C:
+        def __init__(self, speaker, sentence):
+            self.speaker, self.sentence = speaker, sentence
+
+    clips = [C("v1", "s1"), C("v2", "s1"), C("v1", "s2"), C("v2", "s2")]
+    units = [np.array([1, 2, 3]), np.array([1, 2, 3]), np.array([7, 8, 9]), np.array([7, 8, 9])]
+    r = speaker_invariance(units, clips)
+    assert r["same_sentence_cross_voice"] == 0.0 and r["diff_sentence_same_voice"] == 1.0
+
+
+def test_espeak_phones_cover_the_clip(tmp_path):
+    utt = Espeak().say("Seven small birds.", "en-us+m3")
+    assert utt.sample_rate == 22050 and len(utt.samples) > 0.5 * utt.sample_rate
+    starts, ends = [p[0] for p in utt.phones], [p[1] for p in utt.phones]
+    assert starts[0] == 0.0 and ends[-1] == pytest.approx(len(utt.samples) / utt.sample_rate)
+    assert all(e > s for s, e in zip(starts, ends)) and starts[1:] == ends[:-1]
+    assert {"s", "b"} <= {p[2] for p in utt.phones}
+    labels = frame_labels(utt.phones, 10, 0.02)
+    assert labels[0] == "_" and len(labels) == 10
+    (tmp_path / "p.txt").write_text("0.0 0.1 sil\n0.1 0.25 dh\n")  # the corpus's text format
+    assert read_phones(tmp_path / "p.txt") == [(0.0, 0.1, "sil"), (0.1, 0.25, "dh")]
+    with pytest.raises(TokenlmError):
+        Espeak().say("x", "no-such-voice")
+
+
+def test_corpus_splits_hold_out_voices(corpus):
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    train_v = {r["speaker"] for r in rows if r["split"] == "train"}
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert len(eval_rows) == 4 and not train_v & {r["speaker"] for r in eval_rows}
+    assert all(Path(r["phones"]).is_file() for r in rows)
+
+
+def test_train_resume_export(corpus, tmp_path):
+    cfg = load_config(SemanticTrainConfig, "semantic/tiny")
+    straight = tmp_path / "straight"
+    seed_everything(0)
+    train(cfg, straight, max_steps=6, fresh=True, manifest=str(corpus))
+    resumed = tmp_path / "resumed"
+    seed_everything(0)
+    train(cfg, resumed, max_steps=3, fresh=True, manifest=str(corpus))
+    folder = train(cfg, resumed, max_steps=3, manifest=str(corpus))
+    a, b = load_state(straight / "state.safetensors"), load_state(resumed / "state.safetensors")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:  # a resumed run repeats the uninterrupted one (data, masks, dropout)
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    tok = load(folder)
+    assert isinstance(tok, SemanticTokenizer) and tok.pretrained_meta["step"] == 6
+    assert tok.centroids.abs().sum() > 0  # the unit k-means was fitted
+    assert tok.encode(torch.randn(1, 1, 4000) * 0.1).shape == (1, 1, 13)
+    assert (tmp_path / "straight" / "log.jsonl").is_file()
+
+
+def test_cli_train_and_eval(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "semantic", "--config", "semantic/tiny", "--manifest", str(corpus), "--out", str(out),
+                 "--max-steps", "2", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "semantic", "--model", str(out / "model"), "--manifest", str(corpus), "--json",
+                 "--out", str(tmp_path / "report")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("pnmi", "pnmi_mfcc_kmeans", "phone_purity", "cluster_purity", "speaker_invariance"):
+        assert key in report
+    assert 0.0 <= report["pnmi"] <= 1.0 and report["eval_clips"] == 4
+    assert report["eval_voices_seen_in_training"] == []
+    assert (tmp_path / "report" / "units.png").stat().st_size > 1000
+    assert main(["eval", "semantic", "--model", str(tmp_path / "nothing")]) == 2
