@@ -1,5 +1,7 @@
 """RVQ search: the PyTorch twin (and, in interpreter mode, the Triton kernel) against a plain cdist/argmin."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -113,3 +115,47 @@ def test_inputs_are_not_modified():
     x0, cb0 = x.clone(), cb.clone()
     rvq_encode(x, cb, backend="torch")
     assert torch.equal(x, x0) and torch.equal(cb, cb0)
+
+
+# ---- the Triton kernel, in the interpreter on CPU ----
+
+def _triton_or_skip():
+    """The dispatcher switches the interpreter on before importing triton; skip if it is too late for that."""
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process")
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    from tokenlm.kernels.dispatch import import_triton
+
+    import_triton(for_cpu=True)
+
+
+@pytest.mark.parametrize("N,K,M,D", [(300, 3, 200, 48), (65, 2, 1024, 128), (1, 4, 16, 32)])
+def test_triton_kernel_matches_reference(N, K, M, D):
+    _triton_or_skip()
+    x, cb = _data(N, K, M, D, seed=N)
+    _assert_same(rvq_encode(x, cb, backend="triton"), rvq_reference(x, cb))
+
+
+def test_triton_kernel_flags_near_ties_and_handles_half():
+    _triton_or_skip()
+    from tokenlm.kernels.rvq_triton import rvq_encode_triton
+
+    x, cb = _near_ties(n=96)
+    _assert_same(rvq_encode_triton(x, cb, block_n=32, block_m=16), rvq_reference(x, cb))
+    x, cb = _data(100, 2, 64, 32, seed=5)
+    _assert_same(rvq_encode_triton(x.bfloat16(), cb.bfloat16()), rvq_reference(x.bfloat16(), cb.bfloat16()))
+    with pytest.raises(ValueError, match="float64"):
+        rvq_encode_triton(x.double(), cb.double())
+
+
+def test_forcing_triton_after_a_plain_import_is_refused():
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    code = ("import os, torch; os.environ.pop('TRITON_INTERPRET', None); import triton; "
+            "from tokenlm.errors import TokenlmError; from tokenlm.kernels import rvq_encode\n"
+            "try:\n rvq_encode(torch.randn(4, 8), torch.randn(2, 4, 8), backend='triton')\n"
+            "except TokenlmError as e:\n assert 'TRITON_INTERPRET=1' in str(e); print('refused')")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "refused"
