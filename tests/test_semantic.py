@@ -170,3 +170,33 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
     assert report["eval_voices_seen_in_training"] == []
     assert (tmp_path / "report" / "units.png").stat().st_size > 1000
     assert main(["eval", "semantic", "--model", str(tmp_path / "nothing")]) == 2
+
+
+def test_bundle_fp16_with_card(tmp_path, monkeypatch):
+    import tokenlm.codecs.semantic_bundle as sb
+    import tokenlm.pretrained as pretrained
+    from tokenlm.checkpoint import save_model
+    from tokenlm.config import to_dict
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for mod, attr, value in ((sb, "WEIGHTS_DIR", weights), (pretrained, "WEIGHTS_DIR", weights),
+                             (pretrained, "REGISTRY_FILE", weights / "registry.json")):
+        monkeypatch.setattr(mod, attr, value)
+    tok = SemanticTokenizer(TINY)
+    src = save_model(tmp_path / "src", "semantic", to_dict(TINY), tok.state_dict(), meta={"step": 3, "iteration": 1})
+    si = {"same_sentence_cross_voice": 0.5, "diff_sentence_same_voice": 0.8, "ratio": 0.625}
+    report = {"pnmi": 0.5, "pnmi_mfcc_kmeans": 0.4, "phone_purity": 0.4, "cluster_purity": 0.3, "frame_rate": 50.0,
+              "speaker_invariance": si, "eval_clips": 4, "eval_frames": 400, "eval_voices": ["v1", "v2"],
+              "mfcc_kmeans": {"pnmi": 0.4, "phone_purity": 0.3, "cluster_purity": 0.2, "speaker_invariance": si}}
+    dest = sb.bundle(src, report, "tiny test run", name="semantic-test")
+    card = (dest / "README.md").read_text()
+    assert "| PNMI | 0.500 | 0.400 |" in card and "tiny test run" in card
+    loaded = pretrained.load("semantic-test")
+    assert loaded.pretrained_meta["eval"]["pnmi"] == 0.5
+    x = torch.randn(1, 1, 3200) * 0.1
+    assert loaded.encode(x).shape == (1, 1, 10)
+    from safetensors import safe_open
+
+    with safe_open(str(dest / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("encoder.mask_emb").dtype == torch.float16
