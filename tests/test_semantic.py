@@ -200,3 +200,17 @@ def test_bundle_fp16_with_card(tmp_path, monkeypatch):
 
     with safe_open(str(dest / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor("encoder.mask_emb").dtype == torch.float16
+
+
+def test_iteration2_uses_teacher_layer_and_resumes(corpus, tmp_path):
+    cfg1 = load_config(SemanticTrainConfig, "semantic/tiny")
+    teacher = train(cfg1, tmp_path / "it1", max_steps=2, fresh=True, manifest=str(corpus))
+    cfg2 = load_config(SemanticTrainConfig, "semantic/tiny", iteration=2, target_layer=2, model={"n_targets": 6})
+    out = tmp_path / "it2"
+    train(cfg2, out, max_steps=2, fresh=True, init=str(teacher), manifest=str(corpus))
+    st = load_state(out / "state.safetensors")
+    assert "teacher" in st and st["targets"].shape == (6, TINY.dim)  # centroids live in the teacher's space
+    folder = train(cfg2, out, max_steps=1, manifest=str(corpus))
+    assert load(folder).pretrained_meta == {**load(folder).pretrained_meta, "step": 3, "iteration": 2}
+    with pytest.raises(TokenlmError, match="--init"):
+        train(cfg2, tmp_path / "no_teacher", max_steps=1, fresh=True, manifest=str(corpus))
