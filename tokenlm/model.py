@@ -164,7 +164,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = attention(q, k, v, causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
 
 
 class SwiGLU(nn.Module):
@@ -172,10 +172,11 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(cfg.dim, 2 * cfg.hidden, bias=False)
         self.down = nn.Linear(cfg.hidden, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return F.dropout(self.down(F.silu(gate) * up), self.dropout, self.training)
 
 
 class Block(nn.Module):
