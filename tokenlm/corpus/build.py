@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenlm.config import load_config, to_dict
@@ -35,8 +35,10 @@ class Recipe:
     music_segment_s: float = 20.0
     music_eval_fraction: float = 0.1
     sounds_eval_fraction: float = 0.15
-    synth_minutes: float = 330.0  # target minutes of synthetic speech
+    # minutes of synthetic speech per engine (estimated from text length while planning)
+    synth_minutes: dict = field(default_factory=lambda: {"espeak": 200.0, "festival": 80.0, "flite": 70.0})
     synth_eval_speakers: tuple[str, ...] = ()
+    synth_generated_sentences: int = 3000
     mixtures_per_type: int = 400
     mixture_seconds: float = 6.0
 

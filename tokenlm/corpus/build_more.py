@@ -46,3 +46,67 @@ def build_sounds(ctx) -> list[Clip]:
 
 
 PART_BUILDERS = {"sounds": build_sounds}
+
+
+def synthesis_texts(ctx):
+    from tokenlm.corpus import texts
+
+    groups = {}
+    data, tux = ctx.deb("fillets-ng-data"), ctx.deb("tuxpaint-stamps-default")
+    if data:
+        groups["fillets"] = texts.fillets_english(data / "usr/share/games/fillets-ng/script")
+    if tux:
+        groups["tuxpaint"] = texts.tuxpaint_english(tux / "usr/share/tuxpaint/stamps")
+    groups["generated"] = texts.generated_sentences(ctx.recipe.synth_generated_sentences, ctx.recipe.seed)
+    return texts.make_texts(groups, eval_fraction=0.1, seed=ctx.recipe.seed)
+
+
+def _engine_jobs(ctx, texts, engine: str, voices: dict[str, str]):
+    """Jobs for one engine: eval speakers get eval texts, the others train texts; minutes shared by voice."""
+    from tokenlm.corpus import synth
+
+    minutes, held = ctx.recipe.synth_minutes.get(engine, 0.0), set(ctx.recipe.synth_eval_speakers)
+    jobs = {}
+    for split in ("train", "eval"):
+        part = {v: s for v, s in voices.items() if (s in held) == (split == "eval")}
+        if part:
+            share = minutes * len(part) / len(voices)
+            jobs[split] = synth.plan_jobs(texts, engine, part, share, split, ctx.recipe.seed)
+    return jobs
+
+
+def build_speech_synthetic(ctx) -> list[Clip]:
+    """espeak-ng, festival and flite English speech (see ``corpus.synth``); split by speaker and text."""
+    from tokenlm.corpus import synth
+
+    texts = synthesis_texts(ctx)
+    out = ctx.root / "audio" / "synth"
+    clips: list[Clip] = []
+    engines = {"espeak": {"en": "espeak"}, "flite": synth.FLITE_VOICES}
+    festival_dirs = {}
+    for voice, (pkg_name, folder, speaker) in synth.FESTIVAL_VOICES.items():
+        pkg = ctx.deb(pkg_name)
+        if pkg is not None:
+            festival_dirs[voice] = pkg / folder
+    if festival_dirs:
+        engines["festival"] = {v: synth.FESTIVAL_VOICES[v][2] for v in festival_dirs}
+    for engine, voices in engines.items():
+        if engine != "espeak" and shutil.which(engine) is None:
+            ctx.report.fail(engine, f"the {engine} program is not installed (apt-get install {engine})")
+            continue
+        folder = out / engine
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, jobs in _engine_jobs(ctx, texts, engine, voices).items():
+            if engine == "espeak":
+                done = synth.run_espeak(jobs, folder)
+            elif engine == "festival":
+                done = synth.run_festival(jobs, folder, festival_dirs)
+            else:
+                done = synth.run_flite(jobs, folder)
+            clips += [synth.job_clip(j, *done[j.id], split) for j in jobs if j.id in done]
+            if len(done) < len(jobs):  # the part stays unstamped, so the next build retries the rest
+                ctx.report.fail(f"{engine} ({split})", f"{len(jobs) - len(done)} of {len(jobs)} utterances failed")
+    return clips
+
+
+PART_BUILDERS["speech_synthetic"] = build_speech_synthetic
