@@ -39,7 +39,8 @@ class Recipe:
     synth_minutes: dict = field(default_factory=lambda: {"espeak": 200.0, "festival": 80.0, "flite": 70.0})
     synth_eval_speakers: tuple[str, ...] = ()
     synth_generated_sentences: int = 3000
-    mixtures_per_type: int = 400
+    mixtures_per_type: int = 300  # train mixtures of each type (see corpus.mixtures)
+    mixtures_eval_per_type: int = 40
     mixture_seconds: float = 6.0
 
 

@@ -110,3 +110,27 @@ def build_speech_synthetic(ctx) -> list[Clip]:
 
 
 PART_BUILDERS["speech_synthetic"] = build_speech_synthetic
+
+
+def build_mixtures(ctx) -> list[Clip]:
+    """Separation / extraction / two-event mixtures from the other parts' manifests (built first)."""
+    from tokenlm.corpus import mixtures
+    from tokenlm.corpus.manifest import manifest_path, read_manifest
+
+    sources = [c for part in ("speech_real", "speech_synthetic", "music", "sounds")
+               if manifest_path(ctx.root, part).is_file() for c in read_manifest(manifest_path(ctx.root, part))]
+    by_speaker = mixtures.speakers_index(sources)
+    r = ctx.recipe
+    specs = [mixtures.MixSpec(t, split, i, r.mixture_seconds, 16000, r.seed)
+             for t in mixtures.MIXTURE_TYPES for split, n in (("train", r.mixtures_per_type),
+                                                              ("eval", r.mixtures_eval_per_type))
+             for i in range(n)]
+    out = ctx.root / "audio" / "mixtures"
+    clips = [mixtures.make_mixture(s, sources, out, by_speaker) for s in progress(specs, desc="mixtures")]
+    missing = sorted({s.type for s, c in zip(specs, clips) if c is None})
+    if missing:
+        ctx.report.fail("mixtures", f"no sources for {missing} (build the other parts first)")
+    return [c for c in clips if c is not None]
+
+
+PART_BUILDERS["mixtures"] = build_mixtures
