@@ -1,0 +1,325 @@
+"""Codec training (``tokenlm train codec``): reconstruction + (optional) adversarial losses, EMA RVQ with
+quantizer dropout, EnCodec's loss balancer, accelerate for one CPU or many GPUs.
+
+The loop checkpoints every ``checkpoint_minutes`` to ``<run>/state.safetensors`` (model, discriminators,
+optimizers, schedulers, balancer, step, RNG, wall time) with atomic writes, and resumes from it exactly:
+batches are a pure function of (seed, step). Each checkpoint also exports ``<run>/model`` (a loadable
+model folder), appends held-out metrics to ``<run>/metrics.jsonl`` and redraws ``<run>/curves.png`` and
+``<run>/spectrograms.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokenlm.checkpoint import load_state, load_weights, save_model, save_state, set_rng_state, rng_state
+from tokenlm.config import load_config, to_dict
+from tokenlm.utils import cache_dir, log, progress
+
+from .codec import Codec, CodecConfig
+from .dataset import DataConfig, build_sampler
+from .discriminators import Discriminators
+from .losses import (Balancer, CompressedComplexLoss, MultiResolutionMelLoss, feature_matching_loss, hinge_d_loss,
+                     hinge_g_loss)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    disc_lr: float = 2e-4
+    betas: tuple[float, ...] = (0.8, 0.99)
+    warmup_steps: int = 300
+    grad_clip: float = 5.0
+
+
+def _default_weights() -> dict[str, float]:
+    return {"rec/mel": 1.0, "rec/complex": 1.0, "adv/gen": 3.0, "adv/feat": 3.0, "vq/commit": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "codec-small"
+    model: CodecConfig = field(default_factory=CodecConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    weights: dict = field(default_factory=_default_weights)  # balancer weights, keyed like the losses
+    gan_start_step: int = 10**9  # adversarial losses from this step on (discriminators made then)
+    n_q_choices: tuple[int, ...] = (3, 6, 12)  # quantizer dropout: one of these per batch
+    kmeans_batches: int = 24
+    checkpoint_minutes: float = 5.0
+    log_every: int = 25
+    eval_clips: int = 8
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, seed: int = 0):
+        from accelerate import Accelerator
+
+        self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.model = Codec(cfg.model)
+        self.disc: Discriminators | None = None
+        self.opt_g = torch.optim.AdamW(self.model.parameters(), cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._warmup)
+        self.opt_d = None
+        self.balancer = Balancer({k: v for k, v in cfg.weights.items() if not k.startswith("vq/")})
+        self.mel = MultiResolutionMelLoss(cfg.model.sample_rate)
+        self.complex = CompressedComplexLoss()
+        self.step, self.train_seconds = 0, 0.0
+
+    def _warmup(self, step: int) -> float:
+        return min(1.0, (step + 1) / max(1, self.cfg.optim.warmup_steps))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.safetensors"
+
+    def _make_disc(self) -> None:
+        self.disc = Discriminators()
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), self.cfg.optim.disc_lr, betas=tuple(self.cfg.optim.betas))
+
+    def save(self) -> None:
+        model = self.acc.unwrap_model(self.model)
+        state = {
+            "model": model.state_dict(), "opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "balancer": self.balancer.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
+            "rng": rng_state(), "config": json.dumps(to_dict(self.cfg)),
+        }
+        if self.disc is not None:
+            state["disc"] = self.acc.unwrap_model(self.disc).state_dict()
+            state["opt_d"] = self.opt_d.state_dict()
+        if self.acc.is_main_process:
+            save_state(self.state_path, state)
+            save_model(self.run_dir / "model", "codec", to_dict(self.cfg.model), model.state_dict(),
+                       meta=self.meta())
+
+    def meta(self) -> dict:
+        seg = self.cfg.data.segment_seconds * self.cfg.data.batch_size * self.acc.num_processes
+        return {"steps": self.step, "train_hours": round(self.train_seconds / 3600, 3),
+                "audio_hours_seen": round(self.step * seg / 3600, 2), "run": self.cfg.name}
+
+    def resume(self) -> None:
+        state = load_state(self.state_path)
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        if "disc" in state:
+            self._make_disc()
+            self.disc.load_state_dict(state["disc"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        set_rng_state(state["rng"])
+        log.info("resumed %s at step %d (%.2f h trained)", self.state_path, self.step, self.train_seconds / 3600)
+
+    def warm_start(self, init: str) -> None:
+        from tokenlm.checkpoint import load_state_dict_strict
+        from tokenlm.pretrained import resolve
+
+        folder = resolve(init)
+        load_state_dict_strict(self.model, load_weights(folder), where=str(folder))
+        log.info("warm start from %s", folder)
+
+    @torch.no_grad()
+    def kmeans_init(self, sampler) -> None:
+        zs = []
+        for i in progress(range(self.cfg.kmeans_batches), desc="k-means init"):
+            x = sampler.batch(10**8 + i)  # batches never used for training
+            z, _ = self.model.encoder(self.model._pad(x[:, None])[0])
+            zs.append(z.reshape(-1, z.shape[-1]))
+        self.model.quantizer.kmeans_init(torch.cat(zs))
+
+    # ------------------------------------------------------------------ steps
+    def n_q_for_step(self) -> int:
+        rng = np.random.default_rng([self.seed, self.step, 7])
+        return int(rng.choice(self.cfg.n_q_choices))
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        gan = self.step >= self.cfg.gan_start_step
+        if gan and self.disc is None:
+            self._make_disc()
+            self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
+        out = self.model(x[:, None], self.n_q_for_step())
+        y = out.wav[:, 0]
+        losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
+        if gan:
+            real_logits, real_feats = self.disc(x)
+            fake_logits, fake_feats = self.disc(y)
+            losses["adv/gen"] = hinge_g_loss(fake_logits)
+            losses["adv/feat"] = feature_matching_loss(real_feats, fake_feats)
+        self.opt_g.zero_grad(set_to_none=True)
+        stats = self.balancer.backward(losses, y, self.cfg.weights["vq/commit"] * out.quant.commit_loss)
+        self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt_g.step()
+        self.sched_g.step()
+        if gan:
+            self.opt_d.zero_grad(set_to_none=True)
+            real_logits, _ = self.disc(x)
+            fake_logits, _ = self.disc(y.detach())
+            d_loss = hinge_d_loss(real_logits, fake_logits)
+            self.acc.backward(d_loss)
+            self.opt_d.step()
+            stats["adv/disc"] = d_loss.item()
+        stats.update({k: v.item() for k, v in losses.items()})
+        stats["vq/commit"] = out.quant.commit_loss.item()
+        stats["vq/perplexity"] = out.quant.perplexity.mean().item()
+        return stats
+
+    def fit(self, max_minutes: float | None, max_steps: int | None) -> None:
+        sampler = build_sampler(self.cfg.data, self.cfg.model.sample_rate, "train",
+                                seed=self.seed + 1000 * self.acc.process_index)
+        if self.step == 0 and not bool(self.model.quantizer.initialized):
+            self.kmeans_init(sampler)
+        self.model, self.opt_g = self.acc.prepare(self.model, self.opt_g)
+        evaluator = HeldOutProbe(self.cfg, self.run_dir)
+        t_start, t_ckpt = time.time(), time.time()
+        last = self.train_seconds
+        bar = progress(total=max_steps, desc="train codec", initial=0, unit="step")
+        self.model.train()
+        while True:
+            t0 = time.time()
+            stats = self.train_step(sampler.batch(self.step).to(self.acc.device))
+            self.step += 1
+            self.train_seconds = last + (time.time() - t_start)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0:
+                stats.update(step=self.step, seconds_per_step=round(time.time() - t0, 3))
+                self._log(stats)
+            done = (max_steps is not None and self.step >= max_steps) or \
+                   (max_minutes is not None and time.time() - t_start >= 60 * max_minutes)
+            if done or time.time() - t_ckpt >= 60 * self.cfg.checkpoint_minutes:
+                self.save()
+                evaluator(self.acc.unwrap_model(self.model), self.step, self.train_seconds)
+                self.model.train()
+                t_ckpt = time.time()
+            if done:
+                break
+        bar.close()
+
+    def _log(self, stats: dict) -> None:
+        if not self.acc.is_main_process:
+            return
+        with open(self.run_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}) + "\n")
+        log.info("step %d  mel %.3f  complex %.4f  commit %.4f  ppl %.0f  %.2fs/step", stats["step"],
+                 stats["rec/mel"], stats["rec/complex"], stats["vq/commit"], stats["vq/perplexity"],
+                 stats["seconds_per_step"])
+
+
+class HeldOutProbe:
+    """Quick held-out check at every checkpoint: mel distance and SI-SDR at each bitrate on a few eval
+    clips (speakers never trained on), appended to metrics.jsonl, plus curves and spectrogram plots."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        from tokenlm.corpus.manifest import load_clips
+
+        from .audio import load_audio
+
+        self.cfg, self.run_dir = cfg, run_dir
+        clips = [c for c in load_clips(cfg.data.root, kinds=["speech_real"], split="eval") if c.duration >= 2.0]
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(clips), size=min(cfg.eval_clips, len(clips)), replace=False) if clips else []
+        sr = cfg.model.sample_rate
+        self.wavs = [torch.from_numpy(load_audio(clips[i].path, sr, loudness_db=-23.0).samples[:, : 4 * sr]) for i in pick]
+        self.mel = MultiResolutionMelLoss(sr)
+
+    @torch.no_grad()
+    def __call__(self, model: Codec, step: int, train_seconds: float) -> None:
+        if not self.wavs:
+            return
+        model.eval()
+        row = {"step": step, "train_hours": round(train_seconds / 3600, 3)}
+        for n_q in sorted(set(self.cfg.n_q_choices)):
+            mels, sdrs = [], []
+            for w in self.wavs:
+                y = model.decode(model.encode(w[None], n_q), w.shape[-1])[0]
+                mels.append(self.mel(y, w).item())
+                sdrs.append(si_sdr(y[0], w[0]))
+            kbps = n_q * math.log2(model.codebook_size) * model.frame_rate / 1000
+            row[f"mel@{kbps:g}"] = round(float(np.mean(mels)), 4)
+            row[f"sisdr@{kbps:g}"] = round(float(np.mean(sdrs)), 2)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("held-out: %s", row)
+        plot_run(self.run_dir, model, self.wavs[0])
+
+
+def si_sdr(est: torch.Tensor, ref: torch.Tensor) -> float:
+    """Scale-invariant SDR in dB of 1-D signals."""
+    ref = ref - ref.mean()
+    est = est - est.mean()
+    alpha = (est @ ref) / (ref @ ref + 1e-9)
+    target = alpha * ref
+    return float(10 * torch.log10(target.pow(2).sum() / ((est - target).pow(2).sum() + 1e-9) + 1e-9))
+
+
+def plot_run(run_dir: Path, model: Codec, wav: torch.Tensor) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [json.loads(line) for line in open(run_dir / "train_log.jsonl")] if (run_dir / "train_log.jsonl").exists() else []
+    mets = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+    if logs:
+        ax[0].plot([r["step"] for r in logs], [r["rec/mel"] for r in logs], label="train mel loss")
+    for key in [k for k in mets[-1] if k.startswith("mel@")]:
+        ax[0].plot([r["step"] for r in mets], [r.get(key) for r in mets], "o-", label=f"held-out {key} kbps")
+    ax[0].set_xlabel("step"); ax[0].legend(); ax[0].set_title("mel loss")
+    for key in [k for k in mets[-1] if k.startswith("sisdr@")]:
+        ax[1].plot([r["step"] for r in mets], [r.get(key) for r in mets], "o-", label=key)
+    ax[1].set_xlabel("step"); ax[1].legend(); ax[1].set_title("held-out SI-SDR (dB)")
+    fig.tight_layout(); fig.savefig(run_dir / "curves.png", dpi=80); plt.close(fig)
+    save_spectrograms(run_dir / "spectrograms.png", model, wav)
+
+
+def save_spectrograms(path: Path, model: Codec, wav: torch.Tensor) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("original", wav[0])]
+    for n_q in (3, 6, 12):
+        if n_q <= model.n_q:
+            kbps = n_q * math.log2(model.codebook_size) * model.frame_rate / 1000
+            rows.append((f"{kbps:g} kbps", model.decode(model.encode(wav[None], n_q), wav.shape[-1])[0, 0]))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.0 * len(rows)), sharex=True)
+    for ax, (title, x) in zip(axes, rows):
+        spec = torch.stft(x, 512, 128, window=torch.hann_window(512), return_complex=True).abs()
+        ax.imshow(torch.log10(spec + 1e-5).numpy(), origin="lower", aspect="auto", vmin=-4, vmax=1.5,
+                  extent=(0, x.shape[-1] / model.sample_rate, 0, model.sample_rate / 2000))
+        ax.set_title(title, fontsize=9); ax.set_ylabel("kHz")
+    axes[-1].set_xlabel("s")
+    fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
+
+
+def cli(args) -> int:
+    cfg = load_config(TrainConfig, args.config)
+    if args.manifest:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.manifest))
+    run_dir = Path(args.out) if args.out else cache_dir() / "runs" / cfg.name
+    trainer = Trainer(cfg, run_dir, seed=args.seed)
+    if trainer.state_path.exists() and not args.fresh:
+        trainer.resume()
+    elif args.init:
+        trainer.warm_start(args.init)
+    else:
+        from tokenlm.pretrained import registry
+
+        if "codec-16k" in registry() and cfg.model == CodecConfig(**to_dict(cfg.model)) and cfg.name == "codec-small":
+            trainer.warm_start("codec-16k")  # continue from the last committed model
+    trainer.fit(args.max_minutes, args.max_steps)
+    log.info("checkpoint: %s", trainer.run_dir)
+    return 0
