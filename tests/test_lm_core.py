@@ -11,7 +11,14 @@ from tokenlm import layout as L
 from tokenlm.errors import TokenlmError
 from tokenlm.model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
 from tokenlm.prompt import Prompt, collate, kind_masks
-from tokenlm.sampling import SamplingParams, decode_steps, generate_codec, generate_tokens, sample, stream_codec
+from tokenlm.sampling import (
+    SamplingParams,
+    decode_steps,
+    generate_codec,
+    generate_tokens,
+    sample,
+    stream_codec,
+)
 from tokenlm.vocab import SPECIALS, TextTokenizer, Vocab, train_sentencepiece
 
 
@@ -59,8 +66,14 @@ def test_vocab_ranges_come_from_tokenizers():
 
 
 def test_sentencepiece_on_tiny_multilingual_text(tmp_path):
-    lines = ["the cat sat on the mat", "de kat zat op de mat", "kočka seděla na rohožce",
-             "a dog barks while rain falls", "hallo wereld en goedemorgen", "dobrý den a na shledanou"] * 20
+    lines = [
+        "the cat sat on the mat",
+        "de kat zat op de mat",
+        "kočka seděla na rohožce",
+        "a dog barks while rain falls",
+        "hallo wereld en goedemorgen",
+        "dobrý den a na shledanou",
+    ] * 20
     model = train_sentencepiece(lines, tmp_path / "sp", vocab_size=60)
     v = Vocab.build(text_size=64, codec=FakeTokenizer(2, 8))
     tok = TextTokenizer(model, v)
@@ -126,13 +139,14 @@ def test_cached_generation_matches_full_forward(n_q):
     full = m(ids)
     cache = m.new_cache(2)
     parts = [m(ids[:, :, :11], cache=cache)]  # prefill, then single steps, then a multi-step chunk
-    parts += [m(ids[:, :, i:i + 1], cache=cache) for i in range(11, 20)]
+    parts += [m(ids[:, :, i : i + 1], cache=cache) for i in range(11, 20)]
     parts.append(m(ids[:, :, 20:], cache=cache))
     inc = torch.cat([o.logits for o in parts], dim=1)
     torch.testing.assert_close(inc, full.logits, atol=1e-5, rtol=1e-4)
     if n_q > 1:
-        torch.testing.assert_close(torch.cat([o.stream_logits for o in parts], 2), full.stream_logits,
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            torch.cat([o.stream_logits for o in parts], 2), full.stream_logits, atol=1e-5, rtol=1e-4
+        )
     assert cache.pos == 30
 
 
@@ -173,8 +187,12 @@ def test_sample_respects_allowed_ids_top_k_top_p():
     logits = torch.randn(500, 50) * 5
     allowed = torch.rand(500, 50) < 0.2
     allowed[:, 0] = True
-    for p in (SamplingParams(), SamplingParams(temperature=2.0, top_k=3), SamplingParams(top_p=0.5),
-              SamplingParams(temperature=0.0)):
+    for p in (
+        SamplingParams(),
+        SamplingParams(temperature=2.0, top_k=3),
+        SamplingParams(top_p=0.5),
+        SamplingParams(temperature=0.0),
+    ):
         ids = sample(logits, allowed, p, g)
         assert allowed.gather(1, ids[:, None]).all()
     top1 = sample(logits, None, SamplingParams(top_k=1), g)
@@ -186,7 +204,9 @@ def test_sample_respects_allowed_ids_top_k_top_p():
 def test_constrained_generation_never_leaves_ranges():
     v = tiny_vocab(n_q=3)
     m = tiny_model(v, seed=1)
-    prompt = Prompt(v, 3).special("bos").task("continue").codec(v.codes_to_ids(torch.randint(0, 16, (1, 3, 4)))[0])
+    prompt = (
+        Prompt(v, 3).special("bos").task("continue").codec(v.codes_to_ids(torch.randint(0, 16, (1, 3, 4)))[0])
+    )
     ids = prompt.build().ids[None].repeat(3, 1, 1)
     g = torch.Generator().manual_seed(0)
     frames = list(stream_codec(m, ids, max_frames=12, p=SamplingParams(temperature=1.5), generator=g))
@@ -194,7 +214,11 @@ def test_constrained_generation_never_leaves_ranges():
     for f in frames:
         for k in range(3):
             r = v.codec_range(k)
-            ok = ((f[:, k] >= r.start) & (f[:, k] < r.stop)) | (f[:, k] == v.special("fill")) | (f[:, k] == v.eos)
+            ok = (
+                ((f[:, k] >= r.start) & (f[:, k] < r.stop))
+                | (f[:, k] == v.special("fill"))
+                | (f[:, k] == v.eos)
+            )
             assert ok.all()
     codes, lengths = generate_codec(m, ids, max_frames=12, p=SamplingParams(temperature=1.5), generator=g)
     assert codes.shape[:2] == (3, 3) and (codes >= 0).all() and (codes < 16).all()
@@ -210,8 +234,15 @@ def test_codec_generation_without_eos_and_guidance_and_sliding_window():
     prompt = Prompt(v, 2).special("bos").task("music").build().ids[None]
     uncond = Prompt(v, 2).special("bos").build().ids[None]
     p = SamplingParams(top_k=5, cfg_scale=3.0, window=32, keep_prefix=2)
-    codes, lengths = generate_codec(m, prompt, max_frames=60, p=p, uncond=uncond, allow_eos=False,
-                                    generator=torch.Generator().manual_seed(0))
+    codes, lengths = generate_codec(
+        m,
+        prompt,
+        max_frames=60,
+        p=p,
+        uncond=uncond,
+        allow_eos=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert codes.shape == (1, 2, 60) and int(lengths[0]) == 60  # 61 steps through a 32-position window
 
 

@@ -41,13 +41,15 @@ def test_tokenize_write_and_read_shards(tmp_path):
     for i, n in enumerate([1600, 3200, 800]):
         p = tmp_path / f"c{i}.wav"
         sf.write(p, (np.random.default_rng(i).standard_normal(n) * 0.1).astype(np.float32), 16000)
-        clips.append({"id": f"c{i}", "path": str(p), "text": f"clip {i}", "split": "eval" if i == 2 else "train"})
+        clips.append(
+            {"id": f"c{i}", "path": str(p), "text": f"clip {i}", "split": "eval" if i == 2 else "train"}
+        )
     codec = FakeCodec()
     items = list(tokenize_clips(clips, codec))
     folder = write_shards(tmp_path / "shards", items, {"n_q": 2, "codebook_size": 32, "frame_rate": 100.0})
     sh = Shards(folder)
     assert len(sh) == 3 and sh.lengths.tolist() == [10, 20, 5]
-    for i, (info, codes, _) in enumerate(items):
+    for i, (_, codes, _) in enumerate(items):
         assert torch.equal(sh[i].codes, torch.from_numpy(codes).long())
         assert sh[i].info["text"] == f"clip {i}"
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left
@@ -81,7 +83,9 @@ def test_loss_falls_and_resume_continues_the_same_curve(tmp_path):
     a = [h["lm/loss"] for h in straight]
     b = [h["lm/loss"] for h in resumed]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    assert [h.get("eval/loss") for h in straight][3::4] == pytest.approx([h.get("eval/loss") for h in resumed][3::4])
+    assert [h.get("eval/loss") for h in straight][3::4] == pytest.approx(
+        [h.get("eval/loss") for h in resumed][3::4]
+    )
     assert a[-1] < a[0] - 0.3, a
     assert (tmp_path / "b" / "curve.png").is_file() and (tmp_path / "b" / "model" / "config.json").is_file()
     lines = (tmp_path / "b" / "losses.jsonl").read_text().splitlines()
@@ -91,9 +95,28 @@ def test_loss_falls_and_resume_continues_the_same_curve(tmp_path):
 def test_two_process_ddp_on_cpu(tmp_path):
     """torchrun with 2 processes (gloo): both ranks see the same averaged loss; rank 0 saves."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENLM_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "tokenlm.cli", "train", "lm", "--config", "lm/tiny", "--out", str(tmp_path / "run"),
-           "--max-steps", "3", "--fresh", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "tokenlm.cli",
+        "train",
+        "lm",
+        "--config",
+        "lm/tiny",
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "3",
+        "--fresh",
+        "--threads",
+        "1",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     outs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
@@ -110,7 +133,9 @@ def test_cli_train_lm_then_load_the_model(tmp_path):
     from tokenlm.cli import main
     from tokenlm.pretrained import load
 
-    rc = main(["train", "lm", "--config", "lm/tiny", "--out", str(tmp_path / "r"), "--max-steps", "2", "--fresh"])
+    rc = main(
+        ["train", "lm", "--config", "lm/tiny", "--out", str(tmp_path / "r"), "--max-steps", "2", "--fresh"]
+    )
     assert rc == 0
     m = load(tmp_path / "r" / "model")
     assert m.cfg.n_streams == 2 and m.vocab.n_q == 2

@@ -49,9 +49,13 @@ class Shards:
         self.index = [json.loads(line) for line in (self.folder / INDEX).read_text().splitlines() if line]
         K = self.meta["n_q"]
         n = sum(it["n_frames"] for it in self.index)
-        self.codes = np.memmap(self.folder / CODES, dtype=np.uint16, mode="r", shape=(n, K)) if n else np.zeros((0, K))
+        self.codes = (
+            np.memmap(self.folder / CODES, dtype=np.uint16, mode="r", shape=(n, K)) if n else np.zeros((0, K))
+        )
         sem = self.folder / SEMANTIC
-        self.semantic = np.memmap(sem, dtype=np.uint16, mode="r") if sem.is_file() and sem.stat().st_size else None
+        self.semantic = (
+            np.memmap(sem, dtype=np.uint16, mode="r") if sem.is_file() and sem.stat().st_size else None
+        )
         self.lengths = np.array([it["n_frames"] for it in self.index], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -60,17 +64,20 @@ class Shards:
     def __getitem__(self, i: int) -> ShardItem:
         it = self.index[i]
         o, n = it["offset"], it["n_frames"]
-        codes = torch.from_numpy(np.asarray(self.codes[o:o + n], dtype=np.int64).T.copy())  # [K, T]
+        codes = torch.from_numpy(np.asarray(self.codes[o : o + n], dtype=np.int64).T.copy())  # [K, T]
         sem = None
         if self.semantic is not None and it.get("sem_frames"):
             so, sn = it["sem_offset"], it["sem_frames"]
-            sem = torch.from_numpy(np.asarray(self.semantic[so:so + sn], dtype=np.int64))
+            sem = torch.from_numpy(np.asarray(self.semantic[so : so + sn], dtype=np.int64))
         info = {k: v for k, v in it.items() if k not in ("offset", "n_frames", "sem_offset", "sem_frames")}
         return ShardItem(codes, sem, info)
 
 
-def write_shards(folder: str | os.PathLike, items: Iterable[tuple[dict, np.ndarray, np.ndarray | None]],
-                 meta: dict[str, Any]) -> Path:
+def write_shards(
+    folder: str | os.PathLike,
+    items: Iterable[tuple[dict, np.ndarray, np.ndarray | None]],
+    meta: dict[str, Any],
+) -> Path:
     """Write ``(info, codes [K, T], semantic [T'] or None)`` items to a shard folder, atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +120,9 @@ def _write_arrays(tmp: Path, items, meta) -> int:
 # --------------------------------------------------------------------------- batching
 
 
-def length_buckets(lengths: np.ndarray, max_tokens: int, seed: int, epoch: int = 0,
-                   bucket_span: int = 64) -> list[list[int]]:
+def length_buckets(
+    lengths: np.ndarray, max_tokens: int, seed: int, epoch: int = 0, bucket_span: int = 64
+) -> list[list[int]]:
     """Batches of item indices with ``len(batch) * longest <= max_tokens``, similar lengths together.
 
     Items are shuffled, sorted by length inside spans of ``bucket_span * typical batch`` items, cut
@@ -125,7 +133,7 @@ def length_buckets(lengths: np.ndarray, max_tokens: int, seed: int, epoch: int =
     batches: list[list[int]] = []
     span = max(1, bucket_span * max(1, max_tokens // max(1, int(np.median(lengths)) if len(lengths) else 1)))
     for s in range(0, len(order), span):
-        chunk = sorted(order[s:s + span].tolist(), key=lambda i: lengths[i])
+        chunk = sorted(order[s : s + span].tolist(), key=lambda i: lengths[i])
         batch: list[int] = []
         for i in chunk:
             longest = max([lengths[j] for j in batch] + [lengths[i]])
@@ -138,8 +146,9 @@ def length_buckets(lengths: np.ndarray, max_tokens: int, seed: int, epoch: int =
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def pack_rows(seqs: Iterable[tuple[torch.Tensor, torch.Tensor]], seq_len: int, pad_id: int
-              ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def pack_rows(
+    seqs: Iterable[tuple[torch.Tensor, torch.Tensor]], seq_len: int, pad_id: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Concatenate ``(ids [K, S], loss_mask [K, S])`` sequences into rows of ``seq_len`` positions.
 
     Sequences longer than a row are cut into row-sized pieces; the last partial row is padded with
@@ -184,11 +193,19 @@ def tokenize_clips(clips: Iterable[Any], codec: Any, semantic: Any | None = None
 
 
 def tokenizer_meta(codec: Any, semantic: Any | None, codec_name: str, semantic_name: str | None) -> dict:
-    meta = {"n_q": int(codec.n_q), "codebook_size": int(codec.codebook_size), "frame_rate": float(codec.frame_rate),
-            "sample_rate": int(codec.sample_rate), "codec": codec_name}
+    meta = {
+        "n_q": int(codec.n_q),
+        "codebook_size": int(codec.codebook_size),
+        "frame_rate": float(codec.frame_rate),
+        "sample_rate": int(codec.sample_rate),
+        "codec": codec_name,
+    }
     if semantic is not None:
-        meta.update(semantic=semantic_name, semantic_size=int(semantic.n_q * semantic.codebook_size),
-                    semantic_frame_rate=float(semantic.frame_rate))
+        meta.update(
+            semantic=semantic_name,
+            semantic_size=int(semantic.n_q * semantic.codebook_size),
+            semantic_frame_rate=float(semantic.frame_rate),
+        )
     return meta
 
 

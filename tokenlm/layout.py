@@ -70,7 +70,7 @@ def delay_pattern(n_q: int, n_frames: int, delays: tuple[int, ...] | None = None
     index = torch.full((n_q, S), FILLER, dtype=torch.long)
     t = torch.arange(n_frames)
     for q, d in enumerate(delays):
-        index[q, d:d + n_frames] = q * n_frames + t
+        index[q, d : d + n_frames] = q * n_frames + t
     return Pattern("delay", n_q, n_frames, index)
 
 
@@ -110,7 +110,9 @@ def revert(seq: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Interleaved ``[B, K_out, S]`` -> codes ``[B, K, T]`` (inverse of ``build``)."""
     B = seq.shape[0]
     if tuple(seq.shape[1:]) != tuple(pattern.index.shape):
-        raise TokenlmError(f"sequence shape {tuple(seq.shape[1:])} does not match pattern {tuple(pattern.index.shape)}")
+        raise TokenlmError(
+            f"sequence shape {tuple(seq.shape[1:])} does not match pattern {tuple(pattern.index.shape)}"
+        )
     valid = pattern.valid().view(-1)
     src = seq.reshape(B, -1)[:, valid]
     out = torch.empty(B, pattern.n_q * pattern.n_frames, dtype=seq.dtype, device=seq.device)

@@ -61,8 +61,14 @@ def config_for_vocab(cfg: TokenLMConfig, vocab: Any, n_streams: int | None = Non
     K = vocab.n_q if n_streams is None else n_streams
     K = max(K, 1)
     starts = tuple(vocab.codec_range(k).start for k in range(1, K))
-    return replace(cfg, vocab_size=vocab.size, n_streams=K, codebook_size=vocab.codebook_size,
-                   stream_starts=starts, pad_id=vocab.pad)
+    return replace(
+        cfg,
+        vocab_size=vocab.size,
+        n_streams=K,
+        codebook_size=vocab.codebook_size,
+        stream_starts=starts,
+        pad_id=vocab.pad,
+    )
 
 
 class LMOutput(NamedTuple):
@@ -107,8 +113,14 @@ attention = _pick_attention()
 class KVCache:
     """Preallocated keys and values for every layer: ``[L, B, H, max_len, D]`` each."""
 
-    def __init__(self, cfg: TokenLMConfig, batch: int, max_len: int | None = None,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: TokenLMConfig,
+        batch: int,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         self.max_len = max_len or cfg.max_seq_len
         shape = (cfg.n_layers, batch, cfg.n_heads, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -121,8 +133,8 @@ class KVCache:
         end = self.pos + T
         if end > self.max_len:
             raise TokenlmError(f"KV cache full ({self.max_len} positions); use sliding-window generation")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -155,7 +167,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
         qk = apply_rope(qkv[:, :, :2], cos, sin)  # rotate q and k together
@@ -241,19 +255,28 @@ class TokenLM(nn.Module):
 
         With a ``cache`` the positions continue after the cached ones and the cache advances by S.
         """
+        return self.logits(self.hidden(ids, cache))
+
+    def hidden(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normalised hidden states ``[B, S, dim]`` (``forward`` without the heads).
+
+        Generation uses it to score only the last position, and only the ids it may sample.
+        """
         B, K, S = ids.shape
         if K not in (1, self.cfg.n_streams):
             raise TokenlmError(f"model reads 1 or {self.cfg.n_streams} streams, got {K}")
         start = cache.pos if cache is not None else 0
         if start + S > self.cfg.max_seq_len:
-            raise TokenlmError(f"sequence of {start + S} positions exceeds max_seq_len {self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + S], self.rope_sin[start:start + S]
+            raise TokenlmError(
+                f"sequence of {start + S} positions exceeds max_seq_len {self.cfg.max_seq_len}"
+            )
+        cos, sin = self.rope_cos[start : start + S], self.rope_sin[start : start + S]
         x = self.embed_ids(ids)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         if cache is not None:
             cache.pos += S
-        return self.logits(self.norm(x))
+        return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> LMOutput:
         """Final hidden states ``[B, S, dim]`` -> ``LMOutput``."""
@@ -270,8 +293,15 @@ class TokenLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, folder: str | os.PathLike, vocab: Any, text_model: str | os.PathLike | None = None,
-             meta: dict | None = None, dtype: torch.dtype | None = None, pattern: str = "delay") -> Path:
+    def save(
+        self,
+        folder: str | os.PathLike,
+        vocab: Any,
+        text_model: str | os.PathLike | None = None,
+        meta: dict | None = None,
+        dtype: torch.dtype | None = None,
+        pattern: str = "delay",
+    ) -> Path:
         """A model folder (config.json + model.safetensors [+ tokenizer.model]) for ``pretrained.load``."""
         from .checkpoint import save_model
 
@@ -299,7 +329,9 @@ class TokenLM(nn.Module):
         return model
 
 
-def lm_loss(out: LMOutput, targets: torch.Tensor, loss_mask: torch.Tensor, cfg: TokenLMConfig) -> dict[str, torch.Tensor]:
+def lm_loss(
+    out: LMOutput, targets: torch.Tensor, loss_mask: torch.Tensor, cfg: TokenLMConfig
+) -> dict[str, torch.Tensor]:
     """Cross-entropy over the positions where ``loss_mask [B, K, S]`` is True.
 
     ``targets [B, K, S]`` are vocabulary ids; stream k > 0 targets are shifted into its codebook's
@@ -309,7 +341,9 @@ def lm_loss(out: LMOutput, targets: torch.Tensor, loss_mask: torch.Tensor, cfg: 
     ign = -100
     t0 = targets[:, 0].masked_fill(~loss_mask[:, 0], ign)
     logits0 = out.logits.float()
-    sum0 = F.cross_entropy(logits0.reshape(-1, logits0.shape[-1]), t0.reshape(-1), ignore_index=ign, reduction="sum")
+    sum0 = F.cross_entropy(
+        logits0.reshape(-1, logits0.shape[-1]), t0.reshape(-1), ignore_index=ign, reduction="sum"
+    )
     n0 = loss_mask[:, 0].sum()
     losses = {"lm/loss_stream0": sum0 / n0.clamp(min=1)}
     total, n = sum0, n0
@@ -317,7 +351,9 @@ def lm_loss(out: LMOutput, targets: torch.Tensor, loss_mask: torch.Tensor, cfg: 
         starts = torch.tensor(cfg.stream_starts, device=targets.device).view(1, -1, 1)
         tr = (targets[:, 1:] - starts).masked_fill(~loss_mask[:, 1:], ign)
         lr = out.stream_logits.float()
-        sum_r = F.cross_entropy(lr.reshape(-1, lr.shape[-1]), tr.reshape(-1), ignore_index=ign, reduction="sum")
+        sum_r = F.cross_entropy(
+            lr.reshape(-1, lr.shape[-1]), tr.reshape(-1), ignore_index=ign, reduction="sum"
+        )
         n_r = loss_mask[:, 1:].sum()
         losses["lm/loss_streams"] = sum_r / n_r.clamp(min=1)
         total, n = total + sum_r, n + n_r

@@ -17,6 +17,7 @@ other streams run their remaining ``k`` steps and the generator stops.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class SamplingParams:
     cfg_scale: float = 1.0  # classifier-free guidance: logits_u + scale * (logits_c - logits_u); 1.0: off
     window: int = 0  # sliding window (positions kept in the cache); 0: the model's max_seq_len
     keep_prefix: int = 0  # prompt positions always kept when the window slides (task + conditioning)
+    threads: int = 1  # torch threads while decoding (0: leave as is); batch-1 steps are too small to split,
+    # and on a shared 2-core CPU two threads ran the small model 5x slower than one (tokenlm bench lm)
 
 
 def filter_logits(logits: torch.Tensor, allowed: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
@@ -54,8 +57,12 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor | None, p: Samplin
     return x
 
 
-def sample(logits: torch.Tensor, allowed: torch.Tensor | None, p: SamplingParams,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    allowed: torch.Tensor | None,
+    p: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One id per row of ``logits [N, V]``, never outside ``allowed [N, V]`` (bool). -> ``[N]`` int64."""
     x = filter_logits(logits, allowed, p)
     if p.temperature <= 0:
@@ -142,7 +149,7 @@ class CodecRule(StepRule):
 
 
 class _Context:
-    """A prompt + generated steps, a KV cache over (a window of) them, and logits for the next step."""
+    """A prompt + generated steps, a KV cache over (a window of) them, and the last hidden state."""
 
     def __init__(self, model, prompt: torch.Tensor, p: SamplingParams):
         self.model, self.p = model, p
@@ -153,8 +160,7 @@ class _Context:
 
     def _prefill(self, ids: torch.Tensor) -> None:
         self.cache = self.model.new_cache(ids.shape[0], max_len=self.window)
-        out = self.model(ids, cache=self.cache)
-        self.last = _last_logits(out)
+        self.last = self.model.hidden(ids, cache=self.cache)[:, -1]  # [B, dim]
 
     def push(self, tokens: torch.Tensor) -> None:
         """Feed one step ``[B, K]``; slides the window when the cache is full."""
@@ -167,21 +173,50 @@ class _Context:
             self.history = [torch.cat([self.prefix, seq[:, :, -keep:]], dim=2)]
             self._prefill(self.history[0])
             return
-        self.last = _last_logits(self.model(tokens[:, :, None], cache=self.cache))
+        self.last = self.model.hidden(tokens[:, :, None], cache=self.cache)[:, -1]
 
 
-def _last_logits(out) -> list[torch.Tensor]:
-    """Per stream, the last position's logits in vocabulary space: K x ``[B, V]`` or ``[B, C]``."""
-    streams = [out.logits[:, -1]]
-    if out.stream_logits is not None:
-        streams += list(out.stream_logits[:, :, -1].unbind(1))
-    return streams
+class _Scorer:
+    """Logits of the allowed ids only: the head rows of each mask, gathered once and reused.
+
+    Scoring 1,025 rows (codebook 0 + eos) instead of the whole vocabulary keeps a decode step's
+    weight traffic -- what bounds batch-1 decoding on a CPU -- close to the Transformer's own.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.starts = (0,) + tuple(model.cfg.stream_starts)
+        self.rows: dict[tuple[int, int], tuple] = {}
+
+    def _weights(self, k: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (k, id(mask))
+        if key not in self.rows:
+            if k == 0:
+                ids = mask.nonzero().squeeze(1)
+                w = self.model.head.weight[ids]
+            else:
+                start, C = self.starts[k], self.model.cfg.codebook_size
+                local = mask[start : start + C].nonzero().squeeze(1)
+                ids, w = local + start, self.model.stream_heads[k - 1][local]
+            self.rows[key] = (ids, w.detach(), mask)  # keep the mask alive: its id is the key
+        return self.rows[key][:2]
+
+    def logits(self, k: int, mask: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h [B, dim]`` -> logits ``[B, n_allowed]`` and the vocabulary id of each column."""
+        ids, w = self._weights(k, mask)
+        return h @ w.T.to(h.dtype), ids
 
 
 @torch.inference_mode()
-def decode_steps(model, prompt: torch.Tensor, rule: StepRule, p: SamplingParams = SamplingParams(),
-                 uncond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 max_steps: int = 100_000) -> Iterator[torch.Tensor]:
+def decode_steps(
+    model,
+    prompt: torch.Tensor,
+    rule: StepRule,
+    p: SamplingParams = SamplingParams(),
+    uncond: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_steps: int = 100_000,
+) -> Iterator[torch.Tensor]:
     """Yield generated steps ``[B, K]`` (vocabulary ids) after ``prompt [B, K, S]``.
 
     ``uncond`` is the prompt without its condition (same B and K, any length) for classifier-free
@@ -190,33 +225,57 @@ def decode_steps(model, prompt: torch.Tensor, rule: StepRule, p: SamplingParams 
     B, K, _ = prompt.shape
     if K != model.cfg.n_streams and K != 1:
         raise TokenlmError(f"prompt has {K} streams, model reads {model.cfg.n_streams}")
-    cond = _Context(model, prompt, p)
-    unc = _Context(model, uncond, p) if uncond is not None and p.cfg_scale != 1.0 else None
-    starts = (0,) + model.cfg.stream_starts
+    with _threads(p.threads):
+        cond = _Context(model, prompt, p)
+        unc = _Context(model, uncond, p) if uncond is not None and p.cfg_scale != 1.0 else None
+    scorer = _Scorer(model)
     for step in range(max_steps):
-        rules = rule.allowed(step)
-        tokens = torch.empty(B, K, dtype=torch.long)
-        for k, r in enumerate(rules):
-            if isinstance(r, int):
-                tokens[:, k] = r
-                continue
-            logits = cond.last[k]
-            if unc is not None:
-                logits = unc.last[k] + p.cfg_scale * (logits - unc.last[k])
-            if k > 0:  # stream heads score their own codebook only
-                r = r[starts[k]: starts[k] + logits.shape[-1]]
-            tokens[:, k] = sample(logits, r.expand(B, -1), p, generator) + starts[k]
-        tokens = rule.update(step, tokens)
+        with _threads(p.threads):
+            tokens = _step(step, rule, scorer, cond, unc, p, generator, B, K)
         yield tokens
         if rule.done():
             return
-        cond.push(tokens)
+        with _threads(p.threads):
+            cond.push(tokens)
+            if unc is not None:
+                unc.push(tokens)
+
+
+def _step(step, rule, scorer, cond, unc, p, generator, B, K) -> torch.Tensor:
+    """Sample one step ``[B, K]`` from the contexts' last hidden states under ``rule``."""
+    rules = rule.allowed(step)
+    tokens = torch.empty(B, K, dtype=torch.long)
+    for k, r in enumerate(rules):
+        if isinstance(r, int):
+            tokens[:, k] = r
+            continue
+        logits, ids = scorer.logits(k, r, cond.last)
         if unc is not None:
-            unc.push(tokens)
+            logits_u, _ = scorer.logits(k, r, unc.last)
+            logits = logits_u + p.cfg_scale * (logits - logits_u)
+        tokens[:, k] = ids[sample(logits, None, p, generator)]
+    return rule.update(step, tokens)
 
 
-def generate_tokens(model, prompt: torch.Tensor, kind: str = "text", max_tokens: int = 256,
-                    p: SamplingParams = SamplingParams(), **kw) -> list[torch.Tensor]:
+@contextlib.contextmanager
+def _threads(n: int):
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def generate_tokens(
+    model,
+    prompt: torch.Tensor,
+    kind: str = "text",
+    max_tokens: int = 256,
+    p: SamplingParams = SamplingParams(),
+    **kw,
+) -> list[torch.Tensor]:
     """Single-stream generation: per batch row, the ids before eos (``[N_b]`` each)."""
     B, K, _ = prompt.shape
     rule = TokenRule(model.vocab, K, B, kind, max_tokens)
@@ -228,8 +287,14 @@ def generate_tokens(model, prompt: torch.Tensor, kind: str = "text", max_tokens:
     return out
 
 
-def stream_codec(model, prompt: torch.Tensor, max_frames: int, p: SamplingParams = SamplingParams(),
-                 allow_eos: bool = True, **kw) -> Iterator[torch.Tensor]:
+def stream_codec(
+    model,
+    prompt: torch.Tensor,
+    max_frames: int,
+    p: SamplingParams = SamplingParams(),
+    allow_eos: bool = True,
+    **kw,
+) -> Iterator[torch.Tensor]:
     """Yield codec frames ``[B, K]`` (vocabulary ids) as soon as all K codebooks of a frame are known.
 
     Frames of rows that already ended hold ``fill``/``eos``; stop at the longest row.
@@ -244,8 +309,9 @@ def stream_codec(model, prompt: torch.Tensor, max_frames: int, p: SamplingParams
             yield torch.stack([steps[t + k][:, k] for k in range(K)], dim=1)
 
 
-def generate_codec(model, prompt: torch.Tensor, max_frames: int, p: SamplingParams = SamplingParams(),
-                   **kw) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_codec(
+    model, prompt: torch.Tensor, max_frames: int, p: SamplingParams = SamplingParams(), **kw
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All frames: codec codes ``[B, K, T]`` (0..codebook_size-1) and each row's frame count ``[B]``.
 
     Frames past a row's end are set to code 0 (cut them with the returned lengths).
@@ -253,10 +319,12 @@ def generate_codec(model, prompt: torch.Tensor, max_frames: int, p: SamplingPara
     frames = list(stream_codec(model, prompt, max_frames, p, **kw))
     if not frames:
         K = prompt.shape[1]
-        return torch.zeros(prompt.shape[0], K, 0, dtype=torch.long), torch.zeros(prompt.shape[0], dtype=torch.long)
+        return torch.zeros(prompt.shape[0], K, 0, dtype=torch.long), torch.zeros(
+            prompt.shape[0], dtype=torch.long
+        )
     ids = torch.stack(frames, dim=2)  # [B, K, T]
     lengths = torch.full((ids.shape[0],), ids.shape[2], dtype=torch.long)
-    eos_rows = (ids[:, 0] == model.vocab.eos)
+    eos_rows = ids[:, 0] == model.vocab.eos
     for b in range(ids.shape[0]):
         hit = eos_rows[b].nonzero()
         if len(hit):

@@ -89,10 +89,15 @@ class BatchSource:
             self.shards = Shards(folder if folder.is_absolute() else cache_dir() / folder)
             m = self.shards.meta
             sem = SimpleNamespace(n_q=1, codebook_size=m["semantic_size"]) if "semantic_size" in m else None
-            self.vocab = Vocab.build(self.d.text_size, semantic=sem,
-                                     codec=SimpleNamespace(n_q=m["n_q"], codebook_size=m["codebook_size"]))
-            self.split_items = {s: [i for i, it in enumerate(self.shards.index) if it.get("split", "train") == s]
-                                for s in ("train", "eval")}
+            self.vocab = Vocab.build(
+                self.d.text_size,
+                semantic=sem,
+                codec=SimpleNamespace(n_q=m["n_q"], codebook_size=m["codebook_size"]),
+            )
+            self.split_items = {
+                s: [i for i, it in enumerate(self.shards.index) if it.get("split", "train") == s]
+                for s in ("train", "eval")
+            }
             if not self.split_items["train"]:
                 raise TokenlmError(f"{self.shards.folder}: no training items")
         else:
@@ -123,7 +128,7 @@ class BatchSource:
         T = codes.shape[1]
         if T > self.frames:  # a random crop keeps long clips useful
             s = int(rng.integers(0, T - self.frames + 1))
-            codes = codes[:, s:s + self.frames]
+            codes = codes[:, s : s + self.frames]
         return codes
 
 
@@ -210,7 +215,12 @@ def train_step(run: Run) -> dict[str, float]:
     run.step += 1
     # the mean over processes, so every rank logs (and checkpoints) the same curve
     mean = acc.reduce(torch.tensor([total], device=acc.device), reduction="mean").item()
-    return {"step": run.step, "lm/loss": mean, "lr": run.sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+    return {
+        "step": run.step,
+        "lm/loss": mean,
+        "lr": run.sched.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+    }
 
 
 @torch.no_grad()
@@ -236,12 +246,23 @@ def save_checkpoint(run: Run) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
-        state = {"model": model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-                 "step": run.step, "batches_seen": run.step * run.cfg.grad_accum * acc.num_processes,
-                 "rng": rng_state(), "history": run.history, "config": to_dict(run.cfg)}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "step": run.step,
+            "batches_seen": run.step * run.cfg.grad_accum * acc.num_processes,
+            "rng": rng_state(),
+            "history": run.history,
+            "config": to_dict(run.cfg),
+        }
         save_state(run.out / "state.safetensors", state)
-        model.save(run.out / "model", run.data.vocab, meta={"step": run.step, "name": run.cfg.name},
-                   pattern=run.cfg.data.pattern)
+        model.save(
+            run.out / "model",
+            run.data.vocab,
+            meta={"step": run.step, "name": run.cfg.name},
+            pattern=run.cfg.data.pattern,
+        )
         write_curves(run.out, run.history)
     acc.wait_for_everyone()
 
@@ -291,8 +312,14 @@ def write_curves(out: Path, history: list[dict]) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def train(cfg: TrainConfig, out: Path, max_steps: int | None = None, max_minutes: float | None = None,
-          fresh: bool = False, init: str | None = None) -> Run:
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    fresh: bool = False,
+    init: str | None = None,
+) -> Run:
     """Train until ``max_steps`` (default ``cfg.max_steps``) or ``max_minutes``; resumes from ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     run = build_run(cfg, out, init)
@@ -310,8 +337,13 @@ def train(cfg: TrainConfig, out: Path, max_steps: int | None = None, max_minutes
                 rec["eval/loss"] = evaluate(run)
             run.history.append(rec)
             if run.step % cfg.log_every == 0 and run.acc.is_main_process:
-                log.info("step %d loss %.4f lr %.2e %.0f tok/s", run.step, rec["lm/loss"], rec["lr"],
-                         rec["tokens_per_s"])
+                log.info(
+                    "step %d loss %.4f lr %.2e %.0f tok/s",
+                    run.step,
+                    rec["lm/loss"],
+                    rec["lr"],
+                    rec["tokens_per_s"],
+                )
             if time.monotonic() - last_ckpt > cfg.ckpt_minutes * 60:
                 save_checkpoint(run)
                 last_ckpt = time.monotonic()

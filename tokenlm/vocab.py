@@ -32,7 +32,19 @@ import torch
 
 from .errors import TokenlmError
 
-SPECIALS = ("pad", "bos", "eos", "sep", "mask", "fill", "unk", "sos_audio", "eos_audio", "sos_text", "eos_text")
+SPECIALS = (
+    "pad",
+    "bos",
+    "eos",
+    "sep",
+    "mask",
+    "fill",
+    "unk",
+    "sos_audio",
+    "eos_audio",
+    "sos_text",
+    "eos_text",
+)
 TASKS = ("lm", "asr", "tts", "voice_clone", "separate", "extract", "caption", "music", "continue", "compress")
 MODALITIES = ("text", "semantic", "codec", "text_en", "speech", "music", "sound")
 PAD_TO = 64  # the embedding/head size is padded to a multiple of this (faster matmuls)
@@ -74,8 +86,12 @@ class Vocab:
     @classmethod
     def build(cls, text_size: int, semantic: Any | None = None, codec: Any | None = None) -> Vocab:
         """Ranges from tokenizer objects (anything with ``n_q`` and ``codebook_size``)."""
-        sizes: list[tuple[str, int]] = [("specials", len(SPECIALS)), ("tasks", len(TASKS)),
-                                        ("modality", len(MODALITIES)), ("text", int(text_size))]
+        sizes: list[tuple[str, int]] = [
+            ("specials", len(SPECIALS)),
+            ("tasks", len(TASKS)),
+            ("modality", len(MODALITIES)),
+            ("text", int(text_size)),
+        ]
         if semantic is not None:
             sizes.append(("semantic", int(semantic.n_q) * int(semantic.codebook_size)))
         if codec is not None:
@@ -87,8 +103,12 @@ class Vocab:
         return cls(ranges)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ranges": [[r.name, r.start, r.size] for r in self.ranges.values()],
-                "specials": list(SPECIALS), "tasks": list(TASKS), "modalities": list(MODALITIES)}
+        return {
+            "ranges": [[r.name, r.start, r.size] for r in self.ranges.values()],
+            "specials": list(SPECIALS),
+            "tasks": list(TASKS),
+            "modalities": list(MODALITIES),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocab:
@@ -133,7 +153,7 @@ class Vocab:
                 m[self.special(name.split(":", 1)[1])] = True
             else:
                 r = self.range(name)
-                m[r.start:r.stop] = True
+                m[r.start : r.stop] = True
         return m
 
     # ------------------------------------------------------------------ conversions
@@ -173,16 +193,24 @@ class Vocab:
         return [int(i) - r.start for i in ids.flatten().tolist() if r.start <= int(i) < r.stop]
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{r.name}[{r.start}:{r.stop}]" for r in self.ranges.values() if not r.name[-1].isdigit()
-                          or r.name.endswith(".0"))
+        parts = ", ".join(
+            f"{r.name}[{r.start}:{r.stop}]"
+            for r in self.ranges.values()
+            if not r.name[-1].isdigit() or r.name.endswith(".0")
+        )
         return f"Vocab(size={self.size}, n_q={self.n_q}, {parts}, ...)"
 
 
 # --------------------------------------------------------------------------- text pieces
 
 
-def train_sentencepiece(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int = 2000,
-                        model_type: str = "unigram", character_coverage: float = 0.9995) -> Path:
+def train_sentencepiece(
+    texts: Iterable[str],
+    out_prefix: str | os.PathLike,
+    vocab_size: int = 2000,
+    model_type: str = "unigram",
+    character_coverage: float = 0.9995,
+) -> Path:
     """Train a multilingual sentencepiece model on transcripts; returns the ``.model`` path.
 
     The pieces have no bos/eos/pad of their own (the vocabulary's specials play those parts);
@@ -196,9 +224,18 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str | os.PathLike, voc
     if not lines:
         raise TokenlmError("no text to train the sentencepiece model on")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(out_prefix), vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage, hard_vocab_limit=False,
-        bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2, num_threads=1,
+        sentence_iterator=iter(lines),
+        model_prefix=str(out_prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        hard_vocab_limit=False,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        unk_id=0,
+        minloglevel=2,
+        num_threads=1,
     )
     return out_prefix.with_suffix(".model")
 
@@ -213,8 +250,10 @@ class TextTokenizer:
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         self.vocab = vocab
         if self.sp.get_piece_size() > vocab.range("text").size:
-            raise TokenlmError(f"{model_file}: {self.sp.get_piece_size()} pieces do not fit the text range "
-                               f"({vocab.range('text').size})")
+            raise TokenlmError(
+                f"{model_file}: {self.sp.get_piece_size()} pieces do not fit the text range "
+                f"({vocab.range('text').size})"
+            )
 
     def encode(self, text: str) -> torch.Tensor:
         """Text -> vocabulary ids ``[N]`` int64."""

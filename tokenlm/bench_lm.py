@@ -1,0 +1,253 @@
+"""``tokenlm bench lm``: our Transformer beside Hugging Face GPT-2 of the same size, in one process.
+
+Measured (each a best of several alternating repeats, because the CPU is shared and noisy):
+
+* training tokens/s (forward + backward + AdamW step) of ``TokenLM`` and ``GPT2LMHeadModel`` (random
+  init from a ``GPT2Config`` with the same width, depth, heads, vocabulary and sequence length);
+* cached generation steps/s (batch 1, greedy) of our ``sampling.decode_steps`` and of GPT-2's
+  ``generate`` with its KV cache;
+* the KV-cache speed-up: the same 500 greedy steps with the cache vs recomputing the whole prefix;
+* the small config generating codec frames (delay pattern, 8 codebooks): frames/s and the real-time
+  factor at 50 frames/s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from .model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
+from .sampling import SamplingParams, TokenRule, decode_steps, stream_codec
+from .vocab import Vocab
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int = 6
+    dim: int = 256
+    n_heads: int = 4
+    vocab: int = 4096
+    batch: int = 8
+    seq_len: int = 1024
+    gen_steps: int = 500
+    prompt: int = 16
+    repeats: int = 3
+
+
+FULL = Shape()
+QUICK = Shape(
+    n_layers=2, dim=128, n_heads=2, vocab=1024, batch=2, seq_len=128, gen_steps=40, prompt=8, repeats=2
+)
+
+
+def ours(s: Shape) -> TokenLM:
+    torch.manual_seed(0)
+    vocab = Vocab.build(text_size=s.vocab - 64)  # a single stream; size rounds to s.vocab
+    cfg = TokenLMConfig(dim=s.dim, n_layers=s.n_layers, n_heads=s.n_heads, max_seq_len=max(s.seq_len, 1024))
+    m = TokenLM(config_for_vocab(cfg, vocab))
+    m.vocab = vocab
+    return m
+
+
+def hf_gpt2(s: Shape, vocab_size: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=max(s.seq_len, 1024),
+        n_embd=s.dim,
+        n_layer=s.n_layers,
+        n_head=s.n_heads,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_steppers(s: Shape):
+    """Two closures that each run one full training step on the same batch."""
+    m, vocab = ours(s), None
+    vocab = m.vocab
+    g = hf_gpt2(s, vocab.size)
+    ids = torch.randint(64, vocab.size, (s.batch, s.seq_len + 1))
+    mask = torch.ones(s.batch, 1, s.seq_len, dtype=torch.bool)
+    opt_m = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    opt_g = torch.optim.AdamW(g.parameters(), lr=1e-4)
+    m.train()
+    g.train()
+
+    def step_ours():
+        out = m(ids[:, None, :-1])
+        lm_loss(out, ids[:, None, 1:], mask, m.cfg)["lm/loss"].backward()
+        opt_m.step()
+        opt_m.zero_grad(set_to_none=True)
+
+    def step_hf():
+        g(ids[:, :-1], labels=ids[:, :-1]).loss.backward()  # HF shifts the labels itself
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+
+    return step_ours, step_hf, m.num_params(), sum(p.numel() for p in g.parameters())
+
+
+def best_time(fns: list, repeats: int) -> list[float]:
+    """Run ``fns`` alternately ``repeats`` times after one warm-up each; best wall time per fn."""
+    for f in fns:
+        f()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def gen_ours(m: TokenLM, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    rule = TokenRule(m.vocab, 1, prompt.shape[0], kind="any", max_tokens=steps)
+    out = list(decode_steps(m, prompt, rule, SamplingParams(temperature=0, threads=0)))
+    return torch.stack(out, 1)[:, :, 0]
+
+
+@torch.inference_mode()
+def gen_ours_no_cache(m: TokenLM, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """The same greedy decode, recomputing the whole prefix every step (no KV cache)."""
+    seq = prompt
+    for _ in range(steps):
+        nxt = m(seq).logits[:, -1, : m.vocab.n_used].argmax(-1)
+        seq = torch.cat([seq, nxt.view(-1, 1, 1)], dim=2)
+    return seq[:, 0, prompt.shape[2] :]
+
+
+@torch.inference_mode()
+def gen_hf(g, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    return g.generate(
+        prompt[:, 0],
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+
+
+def small_codec_speed(quick: bool) -> dict:
+    """The small config (configs/lm/small.yaml) generating 8-codebook frames with the delay pattern."""
+    from .config import load_config
+    from .train import TrainConfig
+
+    cfg = load_config(TrainConfig, "lm/small").model
+    codec = SimpleNamespace(n_q=8, codebook_size=1024)
+    vocab = Vocab.build(text_size=2000, semantic=SimpleNamespace(n_q=1, codebook_size=500), codec=codec)
+    torch.manual_seed(0)
+    m = TokenLM(config_for_vocab(cfg, vocab)).eval()
+    m.vocab = vocab
+    frames = 20 if quick else 250  # 5 s of audio at 50 frames/s
+    prompt = torch.full((1, 8, 4), vocab.pad)
+    prompt[:, 0] = torch.tensor(
+        [vocab.special("bos"), vocab.task("tts"), vocab.text_to_ids([5])[0], vocab.special("sep")]
+    )
+    p = SamplingParams(temperature=1.0, top_k=50)
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(1 if quick else 3):
+        t, c = time.perf_counter(), time.process_time()
+        n = sum(1 for _ in stream_codec(m, prompt, frames, p, allow_eos=False))
+        best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
+    # wall time is what a user waits on this shared CPU; CPU time is what an idle core would need
+    return {
+        "small_params_m": round(m.num_params() / 1e6, 2),
+        "small_decode_threads": p.threads,
+        "small_frames_per_s": round(n / best, 1),
+        "small_realtime_factor_at_50hz": round(n / best / 50, 2),
+        "small_frames_per_cpu_s": round(n / best_cpu, 1),
+        "small_realtime_factor_at_50hz_cpu_time": round(n / best_cpu / 50, 2),
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(quick: bool = False) -> dict:
+    s = QUICK if quick else FULL
+    step_ours, step_hf, n_ours, n_hf = train_steppers(s)
+    t_ours, t_hf = best_time([step_ours, step_hf], s.repeats)
+    tokens = s.batch * s.seq_len
+    res = {
+        "shape": {
+            "n_layers": s.n_layers,
+            "dim": s.dim,
+            "n_heads": s.n_heads,
+            "vocab": s.vocab,
+            "batch": s.batch,
+            "seq_len": s.seq_len,
+        },
+        "threads": torch.get_num_threads(),
+        "params_ours_m": round(n_ours / 1e6, 2),
+        "params_hf_gpt2_m": round(n_hf / 1e6, 2),
+        "train_tokens_per_s": round(tokens / t_ours, 1),
+        "train_tokens_per_s_hf_gpt2": round(tokens / t_hf, 1),
+    }
+    res["train_tokens_per_s_vs_hf_gpt2"] = round(t_hf / t_ours, 2)
+    del step_ours, step_hf
+    res.update(generation(s))
+    res.update(small_codec_speed(quick))
+    res["note"] = f"best of {s.repeats} alternating repeats per measurement on a shared CPU"
+    return res
+
+
+def generation(s: Shape, threads: int = 1) -> dict:
+    """Batch-1 greedy decoding, both models on ``threads`` torch threads."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return {"gen_threads": threads, **_generation(s)}
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _generation(s: Shape) -> dict:
+    m = ours(s).eval()
+    g = hf_gpt2(s, m.vocab.size).eval()
+    prompt = torch.randint(64, m.vocab.size, (1, 1, s.prompt))
+    n = s.gen_steps
+    t_c, t_hf = best_time([lambda: gen_ours(m, prompt, n), lambda: gen_hf(g, prompt, n)], s.repeats)
+    (t_full,) = best_time([lambda: gen_ours_no_cache(m, prompt, n)], 1)
+    same = torch.equal(gen_ours(m, prompt, n), gen_ours_no_cache(m, prompt, n))
+    return {
+        "gen_steps": n,
+        "gen_steps_per_s": round(n / t_c, 1),
+        "gen_steps_per_s_hf_gpt2": round(n / t_hf, 1),
+        "gen_steps_per_s_vs_hf_gpt2": round(t_hf / t_c, 2),
+        "gen_steps_per_s_no_cache": round(n / t_full, 1),
+        "kv_cache_speedup": round(t_full / t_c, 2),
+        "kv_cache_same_tokens": bool(same),
+    }
+
+
+def cli(args) -> int:
+    res = run(quick=args.quick)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    if args.json:
+        print(text)
+    else:
+        for k, v in res.items():
+            print(f"{k:36s} {v}")
+    return 0
