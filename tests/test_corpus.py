@@ -21,9 +21,23 @@ def tone_file(path: Path, seconds: float = 0.5, sr: int = 22050, freq: float = 2
 
 
 def test_manifest_round_trip_and_filters(tmp_path):
-    clips = [Clip("a", "/x/a.wav", 1.5, 16000, "speech_real", language="nl", speaker="s1", text="hoi",
-                  labels=("x",), split="eval", phones="/x/a.phones", extra={"custom": 3}),
-             Clip("b", "/x/b.wav", 2.0, 16000, "music", group="t1")]
+    clips = [
+        Clip(
+            "a",
+            "/x/a.wav",
+            1.5,
+            16000,
+            "speech_real",
+            language="nl",
+            speaker="s1",
+            text="hoi",
+            labels=("x",),
+            split="eval",
+            phones="/x/a.phones",
+            extra={"custom": 3},
+        ),
+        Clip("b", "/x/b.wav", 2.0, 16000, "music", group="t1"),
+    ]
     write_manifest(manifest_path(tmp_path, "speech_real"), clips[:1])
     write_manifest(manifest_path(tmp_path, "music"), clips[1:])
     back = read_manifest(manifest_path(tmp_path, "speech_real"))
@@ -31,8 +45,20 @@ def test_manifest_round_trip_and_filters(tmp_path):
     assert [c.id for c in load_clips(tmp_path, kinds="music")] == ["b"]
     assert [c.id for c in load_clips(tmp_path, split="eval")] == ["a"]
     line = json.loads(manifest_path(tmp_path, "music").read_text().splitlines()[0])
-    for key in ("id", "path", "duration", "sample_rate", "kind", "language", "speaker", "text", "text_en",
-                "labels", "split", "phones"):
+    for key in (
+        "id",
+        "path",
+        "duration",
+        "sample_rate",
+        "kind",
+        "language",
+        "speaker",
+        "text",
+        "text_en",
+        "labels",
+        "split",
+        "phones",
+    ):
         assert key in line
     with pytest.raises(TokenlmError):
         Clip("c", "/x", 1.0, 16000, "noise")
@@ -41,9 +67,11 @@ def test_manifest_round_trip_and_filters(tmp_path):
 
 
 def test_fillets_lua_parser():
-    lua = ('dialogId("vit-m-a", "font_small", "He said \\"no\\".")\ndialogStr("Hij zei \\"nee\\".")\n\n'
-           'dialogId("vit-v-b", "font_big", "Only English.")\n\n'
-           'dialogId("vit-hs-c", "font_statue", "Welcome.")\ndialogStr("Vítejte.")\n')
+    lua = (
+        'dialogId("vit-m-a", "font_small", "He said \\"no\\".")\ndialogStr("Hij zei \\"nee\\".")\n\n'
+        'dialogId("vit-v-b", "font_big", "Only English.")\n\n'
+        'dialogId("vit-hs-c", "font_statue", "Welcome.")\ndialogStr("Vítejte.")\n'
+    )
     d = realspeech.parse_fillets_dialogs(lua)
     assert d["vit-m-a"] == {"font": "font_small", "text_en": 'He said "no".', "text": 'Hij zei "nee".'}
     assert d["vit-v-b"]["text"] is None and d["vit-hs-c"]["text"] == "Vítejte."
@@ -53,8 +81,12 @@ def test_fillets_lua_parser():
 
 def test_tuxpaint_txt_parser():
     txt = "A frog.\nfr.utf8=Une grenouille.\npt_BR.utf8=Um sapo.\n\nnl.utf8= Een kikker. \n"
-    assert realspeech.parse_tuxpaint_txt(txt) == {"en": "A frog.", "fr": "Une grenouille.", "pt_BR": "Um sapo.",
-                                                 "nl": "Een kikker."}
+    assert realspeech.parse_tuxpaint_txt(txt) == {
+        "en": "A frog.",
+        "fr": "Une grenouille.",
+        "pt_BR": "Um sapo.",
+        "nl": "Een kikker.",
+    }
 
 
 def make_fixture_root(root: Path) -> Path:
@@ -64,9 +96,12 @@ def make_fixture_root(root: Path) -> Path:
     for lang in ("nl", "cs"):
         lua = pk / "fillets-ng-data" / share / "script" / "city" / f"dialogs_{lang}.lua"
         lua.parent.mkdir(parents=True, exist_ok=True)
-        lua.write_text(f'dialogId("c-m-1", "font_small", "One.")\ndialogStr("{lang} een")\n'
-                       f'dialogId("c-v-2", "font_big", "Two.")\ndialogStr("{lang} twee")\n'
-                       f'dialogId("c-x-3", "font_big", "Untranslated.")\n', encoding="utf-8")
+        lua.write_text(
+            f'dialogId("c-m-1", "font_small", "One.")\ndialogStr("{lang} een")\n'
+            f'dialogId("c-v-2", "font_big", "Two.")\ndialogStr("{lang} twee")\n'
+            f'dialogId("c-x-3", "font_big", "Untranslated.")\n',
+            encoding="utf-8",
+        )
         for uid in ("c-m-1", "c-v-2", "c-x-3"):
             tone_file(pk / f"fillets-ng-data-{lang}" / share / "sound" / "city" / lang / f"{uid}.ogg")
     stamps = pk / "tuxpaint-stamps-default" / "usr/share/tuxpaint/stamps/animals"
@@ -77,10 +112,12 @@ def make_fixture_root(root: Path) -> Path:
     kl = pk / "klettres-data" / "usr/share/klettres"
     tone_file(kl / "cs/alpha/a.ogg")
     (kl / "cs").mkdir(parents=True, exist_ok=True)
-    (kl / "cs/sounds.xml").write_text('<!-- c -->\n<klettres><language code="cs"><alphabet>'
-                                      '<sound name="A" file="cs/alpha/a.ogg" /><sound name="A" file="cs/alpha/a.ogg" />'
-                                      '<sound name="B" file="cs/alpha/missing.ogg" /></alphabet></language></klettres>',
-                                      encoding="utf-8")
+    (kl / "cs/sounds.xml").write_text(
+        '<!-- c -->\n<klettres><language code="cs"><alphabet>'
+        '<sound name="A" file="cs/alpha/a.ogg" /><sound name="A" file="cs/alpha/a.ogg" />'
+        '<sound name="B" file="cs/alpha/missing.ogg" /></alphabet></language></klettres>',
+        encoding="utf-8",
+    )
     for d in pk.iterdir():
         (d / ".done").write_text("ok\n")
     return root
@@ -95,8 +132,17 @@ def test_build_speech_real_on_fixture_splits_by_speaker(tmp_path, capsys):
     by_id = {c.id: c for c in clips}
     assert len(clips) == 4 + 3 + 1  # untranslated line and missing/duplicate klettres entries skipped
     nl = by_id["fillets-nl/city/c-m-1"]
-    assert (nl.speaker, nl.text, nl.text_en, nl.split, nl.language) == ("fillets-nl-m", "nl een", "One.", "eval", "nl")
-    assert by_id["tuxpaint/animals/frog_desc"].text == "A frog." and by_id["tuxpaint/animals/frog_desc"].language == "en"
+    assert (nl.speaker, nl.text, nl.text_en, nl.split, nl.language) == (
+        "fillets-nl-m",
+        "nl een",
+        "One.",
+        "eval",
+        "nl",
+    )
+    assert (
+        by_id["tuxpaint/animals/frog_desc"].text == "A frog."
+        and by_id["tuxpaint/animals/frog_desc"].language == "en"
+    )
     assert by_id["tuxpaint/animals/frog_desc_da"].split == "eval"
     assert by_id["klettres/cs/alpha/a"].text == "A" and by_id["klettres/cs/alpha/a"].speaker == "klettres-cs"
     train = {c.speaker for c in clips if c.split == "train"}
@@ -122,15 +168,20 @@ def test_eval_speaker_typo_is_refused(tmp_path):
 
 
 def test_split_by_group_and_overlap():
-    clips = [Clip(f"m{t}-{i}", "/x", 20.0, 44100, "music", source=f"src{t % 2}", group=f"track{t}")
-             for t in range(10) for i in range(3)]
+    clips = [
+        Clip(f"m{t}-{i}", "/x", 20.0, 44100, "music", source=f"src{t % 2}", group=f"track{t}")
+        for t in range(10)
+        for i in range(3)
+    ]
     out = splits.split_by_group(clips, 0.2, seed=1)
     assert splits.group_overlap(out) == []
     held = {c.group for c in out if c.split == "eval"}
     assert len(held) == 2 and {int(g[5:]) % 2 for g in held} == {0, 1}  # one track from each source
     assert splits.split_by_group(clips, 0.2, seed=1) == out  # reproducible
-    leaky = [Clip("a", "/x", 1, 1, "speech_real", speaker="s"), Clip("b", "/x", 1, 1, "speech_real", speaker="s",
-                                                                    split="eval")]
+    leaky = [
+        Clip("a", "/x", 1, 1, "speech_real", speaker="s"),
+        Clip("b", "/x", 1, 1, "speech_real", speaker="s", split="eval"),
+    ]
     assert splits.speaker_overlap(leaky) == ["s"]
 
 

@@ -39,8 +39,10 @@ def test_vctk(tmp_path):
         (tmp_path / "txt" / spk).mkdir(parents=True)
         (tmp_path / "txt" / spk / f"{spk}_001.txt").write_text("Please call Stella.\n")
     clips = loaders.vctk(tmp_path, eval_speakers=("p226",))
-    assert [(c.id, c.speaker, c.split) for c in clips] == [("vctk/p225_001", "vctk-p225", "train"),
-                                                           ("vctk/p226_001", "vctk-p226", "eval")]
+    assert [(c.id, c.speaker, c.split) for c in clips] == [
+        ("vctk/p225_001", "vctk-p225", "train"),
+        ("vctk/p226_001", "vctk-p226", "eval"),
+    ]
     assert clips[0].text == "Please call Stella."
     with pytest.raises(TokenlmError, match="not a VCTK"):
         loaders.vctk(tmp_path / "txt")
@@ -53,17 +55,21 @@ def test_audio_folder_with_txt_and_lab(tmp_path):
     (tmp_path / "bob" / "b1.lab").write_text("second")
     tone_file(tmp_path / "bob" / "b2.wav")
     clips = loaders.audio_folder(tmp_path, language="en", name="mine")
-    assert [(c.id, c.speaker, c.text) for c in clips] == [("mine/anna/a1", "mine-anna", "first line"),
-                                                          ("mine/bob/b1", "mine-bob", "second")]
+    assert [(c.id, c.speaker, c.text) for c in clips] == [
+        ("mine/anna/a1", "mine-anna", "first line"),
+        ("mine/bob/b1", "mine-bob", "second"),
+    ]
 
 
 def test_audiocaps_and_clotho_csv(tmp_path):
     tone_file(tmp_path / "ac" / "91139.wav")
     tone_file(tmp_path / "ac" / "abcdefg_30.wav")
-    (tmp_path / "ac.csv").write_text("audiocap_id,youtube_id,start_time,caption\n"
-                                     "91139,r1nicOVtvkQ,130,A dog barks\n"
-                                     "91140,abcdefg,30,Rain falls on a roof\n"
-                                     "91141,missing,0,Not downloaded\n")
+    (tmp_path / "ac.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n"
+        "91139,r1nicOVtvkQ,130,A dog barks\n"
+        "91140,abcdefg,30,Rain falls on a roof\n"
+        "91141,missing,0,Not downloaded\n"
+    )
     clips = loaders.caption_csv(tmp_path / "ac.csv", tmp_path / "ac")
     assert sorted(c.text for c in clips) == ["A dog barks", "Rain falls on a roof"]
     assert all(c.kind == "sounds" and c.source == "audiocaps" for c in clips)

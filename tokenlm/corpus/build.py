@@ -34,9 +34,10 @@ class Recipe:
     seed: int = 0
     music_segment_s: float = 20.0
     music_eval_fraction: float = 0.1
+    music21_minutes: float = 45.0  # scores rendered with fluidsynth (0: none)
     sounds_eval_fraction: float = 0.15
     # minutes of synthetic speech per engine (estimated from text length while planning)
-    synth_minutes: dict = field(default_factory=lambda: {"espeak": 200.0, "festival": 80.0, "flite": 70.0})
+    synth_minutes: dict = field(default_factory=lambda: {"espeak": 290.0, "festival": 80.0, "flite": 70.0})
     synth_eval_speakers: tuple[str, ...] = ()
     synth_generated_sentences: int = 3000
     mixtures_per_type: int = 300  # train mixtures of each type (see corpus.mixtures)
@@ -84,10 +85,35 @@ def build_music(ctx: BuildContext) -> list[Clip]:
         pkg = ctx.deb(source)
         if pkg:
             tracks += music.find_tracks(pkg, source, patterns)
+    sf2 = ctx.deb("timgm6mb-soundfont")
+    if ctx.recipe.music21_minutes > 0 and sf2 is not None:
+        tracks += _score_tracks(ctx, sf2 / "usr/share/sounds/sf2/TimGM6mb.sf2")
     out = ctx.root / "audio" / "music"
-    clips = [c for t in progress(tracks, desc="music tracks") for c in music.segment_track(
-        t, out, ctx.recipe.music_segment_s)]
+    clips = [
+        c
+        for t in progress(tracks, desc="music tracks")
+        for c in music.segment_track(t, out, ctx.recipe.music_segment_s)
+    ]
+    # split per source so every game (and every music21 composer) has held-out tracks
     return splits.split_by_group(clips, ctx.recipe.music_eval_fraction, ctx.recipe.seed, per="source")
+
+
+def _score_tracks(ctx: BuildContext, soundfont: Path) -> list:
+    import shutil
+
+    if shutil.which("fluidsynth") is None:
+        ctx.report.fail("fluidsynth", "not installed (apt-get install fluidsynth); music21 renders skipped")
+        return []
+    try:
+        import music21  # noqa: F401  (optional: pip install music21)
+    except ImportError:
+        ctx.report.fail("music21", "not installed (pip install music21); music21 renders skipped")
+        return []
+    from tokenlm.corpus import scores
+
+    return scores.score_tracks(
+        ctx.root / "audio" / "music21", soundfont, ctx.recipe.music21_minutes, ctx.recipe.seed
+    )
 
 
 PART_BUILDERS: dict[str, Callable[[BuildContext], list[Clip]]] = {
@@ -145,7 +171,9 @@ def build(recipe: Recipe, root: Path, parts: list[str]) -> FetchReport:
 
 def cli_build(args) -> int:
     setup_logging("warning")
-    recipe = load_config(Recipe, f"data/{args.recipe}" if not str(args.recipe).endswith(".yaml") else args.recipe)
+    recipe = load_config(
+        Recipe, f"data/{args.recipe}" if not str(args.recipe).endswith(".yaml") else args.recipe
+    )
     root = data_root(args.root)
     parts = list(PARTS) if not args.only else [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]

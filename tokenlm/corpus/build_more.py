@@ -24,8 +24,13 @@ def fetch_0ad_audio(ctx):
     if pkg is None:
         return None
     with zipfile.ZipFile(pkg / ZERO_AD_ZIP) as z:
-        members = [i for i in z.infolist() if i.filename.startswith("audio/") and i.filename.endswith(".ogg")
-                   and not i.filename.startswith(("audio/music/", "audio/voice/"))]
+        members = [
+            i
+            for i in z.infolist()
+            if i.filename.startswith("audio/")
+            and i.filename.endswith(".ogg")
+            and not i.filename.startswith(("audio/music/", "audio/voice/"))
+        ]
         for info in progress(members, desc="0ad audio"):
             z.extract(info, target)
     (target / ".done").write_text("ok\n")
@@ -84,7 +89,7 @@ def build_speech_synthetic(ctx) -> list[Clip]:
     clips: list[Clip] = []
     engines = {"espeak": {"en": "espeak"}, "flite": synth.FLITE_VOICES}
     festival_dirs = {}
-    for voice, (pkg_name, folder, speaker) in synth.FESTIVAL_VOICES.items():
+    for voice, (pkg_name, folder, _speaker) in synth.FESTIVAL_VOICES.items():
         pkg = ctx.deb(pkg_name)
         if pkg is not None:
             festival_dirs[voice] = pkg / folder
@@ -105,7 +110,9 @@ def build_speech_synthetic(ctx) -> list[Clip]:
                 done = synth.run_flite(jobs, folder)
             clips += [synth.job_clip(j, *done[j.id], split) for j in jobs if j.id in done]
             if len(done) < len(jobs):  # the part stays unstamped, so the next build retries the rest
-                ctx.report.fail(f"{engine} ({split})", f"{len(jobs) - len(done)} of {len(jobs)} utterances failed")
+                ctx.report.fail(
+                    f"{engine} ({split})", f"{len(jobs) - len(done)} of {len(jobs)} utterances failed"
+                )
     return clips
 
 
@@ -117,14 +124,20 @@ def build_mixtures(ctx) -> list[Clip]:
     from tokenlm.corpus import mixtures
     from tokenlm.corpus.manifest import manifest_path, read_manifest
 
-    sources = [c for part in ("speech_real", "speech_synthetic", "music", "sounds")
-               if manifest_path(ctx.root, part).is_file() for c in read_manifest(manifest_path(ctx.root, part))]
+    sources = [
+        c
+        for part in ("speech_real", "speech_synthetic", "music", "sounds")
+        if manifest_path(ctx.root, part).is_file()
+        for c in read_manifest(manifest_path(ctx.root, part))
+    ]
     by_speaker = mixtures.speakers_index(sources)
     r = ctx.recipe
-    specs = [mixtures.MixSpec(t, split, i, r.mixture_seconds, 16000, r.seed)
-             for t in mixtures.MIXTURE_TYPES for split, n in (("train", r.mixtures_per_type),
-                                                              ("eval", r.mixtures_eval_per_type))
-             for i in range(n)]
+    specs = [
+        mixtures.MixSpec(t, split, i, r.mixture_seconds, 16000, r.seed)
+        for t in mixtures.MIXTURE_TYPES
+        for split, n in (("train", r.mixtures_per_type), ("eval", r.mixtures_eval_per_type))
+        for i in range(n)
+    ]
     out = ctx.root / "audio" / "mixtures"
     clips = [mixtures.make_mixture(s, sources, out, by_speaker) for s in progress(specs, desc="mixtures")]
     missing = sorted({s.type for s, c in zip(specs, clips) if c is None})

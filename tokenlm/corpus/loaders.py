@@ -4,7 +4,7 @@ Each loader reads the folder as the dataset ships it and returns clips with abso
 speakers (prefixed with the dataset name so they stay globally unique) and splits (the dataset's own
 dev/test parts are ``eval``). Write them out with ``manifest.write_manifest``.
 
-- ``librispeech(root)``: ``<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` + ``<spk>-<chapter>.trans.txt``.
+- ``librispeech(root)``: ``<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` + ``<spk>-<chapter>.trans.txt``
 - ``libritts(root)``: ``<part>/<spk>/<chapter>/<id>.wav`` + ``<id>.normalized.txt`` (else ``.original.txt``).
 - ``vctk(root)``: ``wav48_silence_trimmed/<spk>/<spk>_<n>_mic1.flac`` or ``wav48/<spk>/<spk>_<n>.wav``,
   transcripts ``txt/<spk>/<spk>_<n>.txt``.
@@ -43,8 +43,14 @@ def _check_dir(root) -> Path:
 
 def _clip(id, path: Path, kind="speech_real", **kw) -> Clip:
     info = sf.info(str(path))
-    return Clip(id=id, path=str(path.resolve()), duration=round(info.duration, 4), sample_rate=info.samplerate,
-                kind=kind, **kw)
+    return Clip(
+        id=id,
+        path=str(path.resolve()),
+        duration=round(info.duration, 4),
+        sample_rate=info.samplerate,
+        kind=kind,
+        **kw,
+    )
 
 
 def librispeech(root) -> list[Clip]:
@@ -55,27 +61,58 @@ def librispeech(root) -> list[Clip]:
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
-            audio = next((trans.parent / f"{uid}{e}" for e in AUDIO_EXTS if (trans.parent / f"{uid}{e}").is_file()), None)
+            audio = next(
+                (trans.parent / f"{uid}{e}" for e in AUDIO_EXTS if (trans.parent / f"{uid}{e}").is_file()),
+                None,
+            )
             if audio is None:
                 continue
             spk = f"librispeech-{uid.split('-')[0]}"
-            clips.append(_clip(f"librispeech/{uid}", audio, language="en", speaker=spk, text=text, text_en=text,
-                               split=_split_of(part), source="librispeech", group=spk))
+            clips.append(
+                _clip(
+                    f"librispeech/{uid}",
+                    audio,
+                    language="en",
+                    speaker=spk,
+                    text=text,
+                    text_en=text,
+                    split=_split_of(part),
+                    source="librispeech",
+                    group=spk,
+                )
+            )
     return clips
 
 
 def libritts(root) -> list[Clip]:
     root, clips = _check_dir(root), []
     for wav in sorted(root.rglob("*.wav")):
-        txt = next((wav.with_name(wav.stem + s) for s in (".normalized.txt", ".original.txt")
-                    if wav.with_name(wav.stem + s).is_file()), None)
+        txt = next(
+            (
+                wav.with_name(wav.stem + s)
+                for s in (".normalized.txt", ".original.txt")
+                if wav.with_name(wav.stem + s).is_file()
+            ),
+            None,
+        )
         if txt is None:
             continue
         text = txt.read_text(encoding="utf-8").strip()
         spk = f"libritts-{wav.stem.split('_')[0]}"
         part = wav.relative_to(root).parts[0]
-        clips.append(_clip(f"libritts/{wav.stem}", wav, language="en", speaker=spk, text=text, text_en=text,
-                           split=_split_of(part), source="libritts", group=spk))
+        clips.append(
+            _clip(
+                f"libritts/{wav.stem}",
+                wav,
+                language="en",
+                speaker=spk,
+                text=text,
+                text_en=text,
+                split=_split_of(part),
+                source="libritts",
+                group=spk,
+            )
+        )
     return clips
 
 
@@ -94,14 +131,24 @@ def vctk(root, eval_speakers=()) -> list[Clip]:
         if not txt.is_file():
             continue
         text = txt.read_text(encoding="utf-8").strip()
-        clips.append(_clip(f"vctk/{utt}", audio, language="en", speaker=f"vctk-{spk}", text=text, text_en=text,
-                           split="eval" if spk in set(eval_speakers) else "train", source="vctk",
-                           group=f"vctk-{spk}"))
+        clips.append(
+            _clip(
+                f"vctk/{utt}",
+                audio,
+                language="en",
+                speaker=f"vctk-{spk}",
+                text=text,
+                text_en=text,
+                split="eval" if spk in set(eval_speakers) else "train",
+                source="vctk",
+                group=f"vctk-{spk}",
+            )
+        )
     return clips
 
 
 def audio_folder(root, language: str | None = None, name: str | None = None) -> list[Clip]:
-    """Audio files with a ``.txt`` or ``.lab`` transcript of the same stem; the parent folder is the speaker."""
+    """Audio files with a ``.txt`` or ``.lab`` transcript of the same stem; speaker = the parent folder."""
     root, clips = _check_dir(root), []
     name = name or root.name
     for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTS):
@@ -111,14 +158,24 @@ def audio_folder(root, language: str | None = None, name: str | None = None) -> 
         rel = audio.relative_to(root).with_suffix("")
         spk = f"{name}-{audio.parent.name}" if audio.parent != root else None
         text = " ".join(txt.read_text(encoding="utf-8").split())
-        clips.append(_clip(f"{name}/{rel}", audio, language=language, speaker=spk, text=text,
-                           text_en=text if language == "en" else None, source=name, group=spk))
+        clips.append(
+            _clip(
+                f"{name}/{rel}",
+                audio,
+                language=language,
+                speaker=spk,
+                text=text,
+                text_en=text if language == "en" else None,
+                source=name,
+                group=spk,
+            )
+        )
     return clips
 
 
 def _find_audio(audio_dir: Path, names) -> Path | None:
     for n in names:
-        for cand in ([audio_dir / n] if Path(n).suffix else [audio_dir / f"{n}{e}" for e in AUDIO_EXTS]):
+        for cand in [audio_dir / n] if Path(n).suffix else [audio_dir / f"{n}{e}" for e in AUDIO_EXTS]:
             if cand.is_file():
                 return cand
     return None
@@ -138,16 +195,34 @@ def caption_csv(csv_path, audio_dir, split: str = "train", name: str | None = No
             caps = [row[k] for k in sorted(row) if k.startswith("caption") and row[k]]
         elif "youtube_id" in row:  # AudioCaps: files are named by id, youtube id, or youtube id + start
             start = row.get("start_time", "")
-            audio = _find_audio(audio_dir, [row.get("audiocap_id", ""), f"{row['youtube_id']}_{start}",
-                                            f"Y{row['youtube_id']}", row["youtube_id"]])
+            audio = _find_audio(
+                audio_dir,
+                [
+                    row.get("audiocap_id", ""),
+                    f"{row['youtube_id']}_{start}",
+                    f"Y{row['youtube_id']}",
+                    row["youtube_id"],
+                ],
+            )
             caps = [row["caption"]]
         else:
             raise TokenlmError(f"{csv_path}: neither an AudioCaps nor a Clotho CSV (columns {list(row)})")
         if audio is not None:
             captions[audio] += [c.strip() for c in caps]
     name = name or ("clotho" if rows and "file_name" in rows[0] else "audiocaps")
-    return [_clip(f"{name}/{a.stem}", a, kind="sounds", text=caps[0], split=split, source=name,
-                  group=f"{name}/{a.stem}", extra={"captions": caps}) for a, caps in sorted(captions.items())]
+    return [
+        _clip(
+            f"{name}/{a.stem}",
+            a,
+            kind="sounds",
+            text=caps[0],
+            split=split,
+            source=name,
+            group=f"{name}/{a.stem}",
+            extra={"captions": caps},
+        )
+        for a, caps in sorted(captions.items())
+    ]
 
 
 def musdb(root) -> list[Clip]:
@@ -158,7 +233,16 @@ def musdb(root) -> list[Clip]:
         if not all(s.is_file() for s in stems):
             continue
         part, track = mix.parent.parent.name, mix.parent.name
-        clips.append(_clip(f"musdb/{part}/{track}", mix, kind="mixture", labels=("music", *MUSDB_STEMS),
-                           split=_split_of(part), source="musdb", group=f"musdb/{track}",
-                           sources=tuple(str(s.resolve()) for s in stems)))
+        clips.append(
+            _clip(
+                f"musdb/{part}/{track}",
+                mix,
+                kind="mixture",
+                labels=("music", *MUSDB_STEMS),
+                split=_split_of(part),
+                source="musdb",
+                group=f"musdb/{track}",
+                sources=tuple(str(s.resolve()) for s in stems),
+            )
+        )
     return clips

@@ -44,22 +44,23 @@ class MixSpec:
 
 
 def _pool(clips: list[Clip], kinds, split: str, min_s: float = 1.0) -> list[Clip]:
-    return sorted((c for c in clips if c.kind in kinds and c.split == split and c.duration >= min_s),
-                  key=lambda c: c.id)
+    return sorted(
+        (c for c in clips if c.kind in kinds and c.split == split and c.duration >= min_s), key=lambda c: c.id
+    )
 
 
 def crop_or_tile(x: np.ndarray, n: int, rng: random.Random) -> np.ndarray:
     """``n`` samples of ``x``: a random window if longer, repeated (with a short gap) if shorter."""
     if len(x) >= n:
         start = rng.randint(0, len(x) - n)
-        return x[start:start + n]
+        return x[start : start + n]
     gap = np.zeros(len(x) // 4 + 1, dtype=x.dtype)
     reps = int(np.ceil(n / (len(x) + len(gap)))) + 1
     return np.concatenate([np.concatenate([x, gap])] * reps)[:n]
 
 
 def mix_at_snr(target: np.ndarray, interferer: np.ndarray, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scale ``interferer`` so that power(target)/power(interferer) = ``snr_db``; both scaled to keep peaks < 1."""
+    """Scale ``interferer`` to power(target)/power(interferer) = ``snr_db``; both scaled to keep peaks < 1."""
     pt, pi = float(np.mean(target**2)) + 1e-12, float(np.mean(interferer**2)) + 1e-12
     s1 = interferer * np.sqrt(pt / (pi * 10 ** (snr_db / 10)))
     peak = float(np.abs(target + s1).max())
@@ -71,7 +72,9 @@ def _speech_targets_differ(target: Clip, other: Clip) -> bool:
     return target.speaker is None or other.speaker != target.speaker
 
 
-def make_mixture(spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: dict | None = None) -> Clip | None:
+def make_mixture(
+    spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: dict | None = None
+) -> Clip | None:
     """Build (or reuse) mixture ``spec`` from ``clips`` -> its Clip, or None if a pool is empty."""
     folder = out_dir / spec.type / spec.split / f"{spec.index:05d}"
     done = folder / "clip.json"
@@ -93,7 +96,10 @@ def make_mixture(spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: di
     x0 = x0[:n] if target.kind != "sounds" else crop_or_tile(x0, n, rng)
     x1 = crop_or_tile(load_audio(other.path, sr).samples[0], n, rng)
     s0, s1 = mix_at_snr(x0, x1, snr)
-    paths = [save_audio(folder / f"{name}.flac", sig, sr) for name, sig in (("mix", s0 + s1), ("s0", s0), ("s1", s1))]
+    paths = [
+        save_audio(folder / f"{name}.flac", sig, sr)
+        for name, sig in (("mix", s0 + s1), ("s0", s0), ("s1", s1))
+    ]
     clip = _mixture_clip(spec, target, other, snr, paths, n / sr, rng, by_speaker)
     atomic_write_text(done, json.dumps(clip.to_json(), ensure_ascii=False))
     return clip
@@ -102,8 +108,11 @@ def make_mixture(spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: di
 def _mixture_clip(spec, target: Clip, other: Clip, snr, paths, duration, rng, by_speaker) -> Clip:
     from tokenlm.corpus.sounds import caption
 
-    extra = {"mixture_type": spec.type, "source_ids": [target.id, other.id],
-             "speakers": [s for s in (target.speaker, other.speaker) if s]}
+    extra = {
+        "mixture_type": spec.type,
+        "source_ids": [target.id, other.id],
+        "speakers": [s for s in (target.speaker, other.speaker) if s],
+    }
     text = target.text
     if spec.type == "sound+sound":
         text = caption([target.labels[0], other.labels[0]], rng)
@@ -112,11 +121,24 @@ def _mixture_clip(spec, target: Clip, other: Clip, snr, paths, duration, rng, by
         if pool:
             extra["enrollment"] = rng.choice(pool).path
     labels = (spec.type, *(lab for lab in (target.labels[:1] + other.labels[:1])))
-    return Clip(id=f"mix/{spec.type}/{spec.split}/{spec.index:05d}", path=str(paths[0].resolve()),
-                duration=round(duration, 4), sample_rate=spec.sample_rate, kind="mixture",
-                language=target.language, speaker=target.speaker, text=text, text_en=target.text_en,
-                labels=labels, split=spec.split, source="mixture", group=f"mix/{spec.type}/{spec.index}",
-                sources=(str(paths[1].resolve()), str(paths[2].resolve())), snr_db=snr, extra=extra)
+    return Clip(
+        id=f"mix/{spec.type}/{spec.split}/{spec.index:05d}",
+        path=str(paths[0].resolve()),
+        duration=round(duration, 4),
+        sample_rate=spec.sample_rate,
+        kind="mixture",
+        language=target.language,
+        speaker=target.speaker,
+        text=text,
+        text_en=target.text_en,
+        labels=labels,
+        split=spec.split,
+        source="mixture",
+        group=f"mix/{spec.type}/{spec.index}",
+        sources=(str(paths[1].resolve()), str(paths[2].resolve())),
+        snr_db=snr,
+        extra=extra,
+    )
 
 
 def speakers_index(clips: list[Clip]) -> dict[str, list[Clip]]:

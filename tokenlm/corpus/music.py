@@ -37,6 +37,7 @@ class Track:
     id: str
     path: Path
     source: str
+    labels: tuple[str, ...] = ()
 
 
 def find_tracks(pkg_dir: Path, source: str, patterns: list[str]) -> list[Track]:
@@ -56,7 +57,9 @@ def segment_bounds(n: int, sr: int, segment_s: float, min_tail_s: float) -> list
     return [(s, e) for s, e in bounds if (e - s) >= min_tail_s * sr]
 
 
-def segment_track(track: Track, out_dir: Path, segment_s: float = 20.0, min_tail_s: float = 5.0) -> list[Clip]:
+def segment_track(
+    track: Track, out_dir: Path, segment_s: float = 20.0, min_tail_s: float = 5.0
+) -> list[Clip]:
     """Cut ``track`` into segment files under ``out_dir/<track id>/`` -> clips (cached in segments.json)."""
     folder = out_dir / track.id
     done = folder / "segments.json"
@@ -70,8 +73,18 @@ def segment_track(track: Track, out_dir: Path, segment_s: float = 20.0, min_tail
         if np.abs(seg).max() < 1e-4:  # silent stretches (gaps between loops) teach nothing
             continue
         path = save_audio(folder / f"{i:03d}.flac", seg, sr)
-        clips.append(Clip(id=f"music/{track.id}/{i:03d}", path=str(path.resolve()), duration=round((e - s) / sr, 4),
-                          sample_rate=sr, kind="music", labels=("music", track.source), source=track.source,
-                          group=track.id, extra={"start": round(s / sr, 4), "track": str(track.path)}))
+        clips.append(
+            Clip(
+                id=f"music/{track.id}/{i:03d}",
+                path=str(path.resolve()),
+                duration=round((e - s) / sr, 4),
+                sample_rate=sr,
+                kind="music",
+                labels=("music", track.source, *track.labels),
+                source=track.source,
+                group=track.id,
+                extra={"start": round(s / sr, 4), "track": str(track.path)},
+            )
+        )
     atomic_write_text(done, json.dumps([c.to_json() for c in clips], ensure_ascii=False))
     return clips

@@ -37,7 +37,7 @@ def read_phones(path: str | Path) -> list[tuple[float, float, str]]:
 def parse_festival_segs(text: str) -> list[tuple[float, float, str]]:
     """Festival ``utt.save.segs`` output (a header, ``#``, then ``end 100 phone`` lines) -> phones."""
     lines = text.splitlines()
-    body = lines[lines.index("#") + 1:] if "#" in lines else lines
+    body = lines[lines.index("#") + 1 :] if "#" in lines else lines
     phones, start = [], 0.0
     for line in body:
         parts = line.split()

@@ -66,16 +66,36 @@ def fillets_clips(data_dir: Path, audio_dir: Path, lang: str) -> list[Clip]:
             if line is None or not line["text"]:
                 continue
             speaker = fillets_speaker(lang, line["font"])
-            clips.append(_clip(f"fillets-{lang}/{level}/{ogg.stem}", ogg, lang, speaker, line["text"],
-                               line["text_en"], source=f"fillets-ng-data-{lang}"))
+            clips.append(
+                _clip(
+                    f"fillets-{lang}/{level}/{ogg.stem}",
+                    ogg,
+                    lang,
+                    speaker,
+                    line["text"],
+                    line["text_en"],
+                    source=f"fillets-ng-data-{lang}",
+                )
+            )
     return clips
 
 
 def _clip(id, path: Path, lang, speaker, text, text_en, source, labels=()) -> Clip:
     info = sf.info(str(path))
-    return Clip(id=id, path=str(path.resolve()), duration=round(info.duration, 4), sample_rate=info.samplerate,
-                kind="speech_real", language=lang, speaker=speaker, text=text, text_en=text_en,
-                labels=tuple(labels), source=source, group=speaker)
+    return Clip(
+        id=id,
+        path=str(path.resolve()),
+        duration=round(info.duration, 4),
+        sample_rate=info.samplerate,
+        kind="speech_real",
+        language=lang,
+        speaker=speaker,
+        text=text,
+        text_en=text_en,
+        labels=tuple(labels),
+        source=source,
+        group=speaker,
+    )
 
 
 _DESC = re.compile(r"^(?P<stem>.+)_desc(?:_(?P<lang>[a-z]{2,3}(?:_[A-Za-z]{2})?))?\.ogg$")
@@ -97,7 +117,7 @@ def parse_tuxpaint_txt(text: str) -> dict[str, str]:
 
 
 def tuxpaint_speech_clips(stamps_dir: Path) -> list[Clip]:
-    """Spoken stamp descriptions under ``stamps_dir`` (``.../tuxpaint/stamps``); speaker = one per language."""
+    """Spoken stamp descriptions under ``stamps_dir`` (``.../tuxpaint/stamps``); one speaker per language."""
     clips = []
     for ogg in sorted(stamps_dir.rglob("*_desc*.ogg")):
         m = _DESC.match(ogg.name)
@@ -109,8 +129,18 @@ def tuxpaint_speech_clips(stamps_dir: Path) -> list[Clip]:
         lang = locale.split("_")[0]
         text = texts.get(locale) or texts.get(lang)
         rel = ogg.relative_to(stamps_dir).with_suffix("")
-        clips.append(_clip(f"tuxpaint/{rel}", ogg, lang, f"tuxpaint-{lang}", text, texts.get("en"),
-                           source="tuxpaint-stamps-default", labels=(m.group("stem").lower(),)))
+        clips.append(
+            _clip(
+                f"tuxpaint/{rel}",
+                ogg,
+                lang,
+                f"tuxpaint-{lang}",
+                text,
+                texts.get("en"),
+                source="tuxpaint-stamps-default",
+                labels=(m.group("stem").lower(),),
+            )
+        )
     return clips
 
 
@@ -130,7 +160,16 @@ def klettres_clips(share_dir: Path) -> list[Clip]:
                     seen.add(path)
                     rel = path.relative_to(share_dir).with_suffix("")
                     name = snd.get("name")
-                    clips.append(_clip(f"klettres/{rel}", path, lang,
-                                       f"klettres-{code}", name, None, source="klettres-data",
-                                       labels=(section.tag,)))
+                    clips.append(
+                        _clip(
+                            f"klettres/{rel}",
+                            path,
+                            lang,
+                            f"klettres-{code}",
+                            name,
+                            None,
+                            source="klettres-data",
+                            labels=(section.tag,),
+                        )
+                    )
     return clips

@@ -18,11 +18,15 @@ from tokenlm.corpus.manifest import Clip
 
 # package -> [(glob relative to the extracted package, category)]; EXCLUDE drops music and speech
 SOUND_SOURCES = {
-    "supertuxkart-data": [("usr/share/games/supertuxkart/data/sfx/*.ogg", "game effect"),
-                          ("usr/share/games/supertuxkart/data/library/*/*.ogg", "vehicles"),
-                          ("usr/share/games/supertuxkart/data/tracks/*/*.ogg", "game effect")],
-    "supertux-data": [("usr/share/games/supertux2/sounds/*.wav", "game effect"),
-                      ("usr/share/games/supertux2/sounds/*.ogg", "game effect")],
+    "supertuxkart-data": [
+        ("usr/share/games/supertuxkart/data/sfx/*.ogg", "game effect"),
+        ("usr/share/games/supertuxkart/data/library/*/*.ogg", "vehicles"),
+        ("usr/share/games/supertuxkart/data/tracks/*/*.ogg", "game effect"),
+    ],
+    "supertux-data": [
+        ("usr/share/games/supertux2/sounds/*.wav", "game effect"),
+        ("usr/share/games/supertux2/sounds/*.ogg", "game effect"),
+    ],
     "frozen-bubble-data": [("usr/share/games/frozen-bubble/snd/*.ogg", "game effect")],
     "fillets-ng-data": [("usr/share/games/fillets-ng/sound/*/sp-*.ogg", "game effect")],
     "sound-theme-freedesktop": [("usr/share/sounds/freedesktop/stereo/*.oga", "interface")],
@@ -31,17 +35,29 @@ SOUND_SOURCES = {
 }
 EXCLUDE = re.compile(
     r"zik|intro2|nolok_speech|Gran_Paradiso|Battle_Theme|beneath_the_rabbit|/audio/(music|voice)/"
-    r"|/(alphabets|math)/|_desc|_[a-z]{2}(_[A-Za-z]{2})?\.ogg$")
+    r"|/(alphabets|math)/|_desc|_[a-z]{2}(_[A-Za-z]{2})?\.ogg$"
+)
 _ABBREVIATIONS = {"fs": "footsteps", "sel": "select", "con": "construct", "amb": "ambient", "ui": "interface"}
 _SKIP_WORDS = {"ogg", "wav", "oga", "sfx", "stk", "loop", "the", "a", "of"}
 
 SINGLE_TEMPLATES = (
-    "{a}.", "The sound of {a}.", "A recording of {a}.", "{A} can be heard.", "A short clip of {a}.",
-    "You can hear {a}.", "{A}, recorded up close.", "Sound effect: {a}.",
+    "{a}.",
+    "The sound of {a}.",
+    "A recording of {a}.",
+    "{A} can be heard.",
+    "A short clip of {a}.",
+    "You can hear {a}.",
+    "{A}, recorded up close.",
+    "Sound effect: {a}.",
 )
 PAIR_TEMPLATES = (
-    "{a} and {b}.", "{A} while {b} plays.", "{A} together with {b}.", "A mix of {a} and {b}.",
-    "{A}, with {b} in the background.", "{A} over {b}.", "Both {a} and {b} can be heard.",
+    "{a} and {b}.",
+    "{A} while {b} plays.",
+    "{A} together with {b}.",
+    "A mix of {a} and {b}.",
+    "{A}, with {b} in the background.",
+    "{A} over {b}.",
+    "Both {a} and {b} can be heard.",
 )
 
 
@@ -69,7 +85,9 @@ def _capitalize(s: str) -> str:
 
 
 def _category(rel: Path, category: str) -> str:
-    if category == "stamp":  # the stamp folder says what it is: usr/share/tuxpaint/stamps/animals/birds/owl.ogg
+    if (
+        category == "stamp"
+    ):  # the stamp folder says what it is: usr/share/tuxpaint/stamps/animals/birds/owl.ogg
         return rel.parts[4] if len(rel.parts) > 5 else "object"
     if category == "0ad":  # audio/attack/impact/arrow_01.ogg, audio/actor/fauna/animal/cattle_01.ogg
         return rel.parts[2] if rel.parts[1] in ("actor",) else rel.parts[1]
@@ -87,9 +105,17 @@ def sound_clips(pkg_dir: Path, source: str, seed: int = 0) -> list[Clip]:
             continue
         rel = path.relative_to(pkg_dir)
         info = sf.info(str(path))
-        clips.append(Clip(
-            id=f"sounds/{source}/{rel}", path=str(path.resolve()),
-            duration=round(info.duration, 4), sample_rate=info.samplerate, kind="sounds",
-            text=caption([phrase], rng), labels=(phrase, _category(rel, category)), source=source,
-            group=f"{source}/{rel}"))
+        clips.append(
+            Clip(
+                id=f"sounds/{source}/{rel}",
+                path=str(path.resolve()),
+                duration=round(info.duration, 4),
+                sample_rate=info.samplerate,
+                kind="sounds",
+                text=caption([phrase], rng),
+                labels=(phrase, _category(rel, category)),
+                source=source,
+                group=f"{source}/{rel}",
+            )
+        )
     return clips

@@ -7,7 +7,7 @@ engine setting.
   and pitch. A speaker-embedding model hears variants of one espeak voice as nearly the same speaker,
   separated mainly by gender, so they are two speakers, not hundreds. ``extra`` keeps the variant.
 - ``synth-kal``: festival ``kal_diphone`` and flite ``kal16`` (the same kal diphone recordings).
-- ``synth-ked``: festival ``ked_diphone``.  ``synth-slt``: festival ``cmu_us_slt_arctic_hts`` and flite ``slt``
+- ``synth-ked``: festival ``ked_diphone``. ``synth-slt``: festival ``cmu_us_slt_arctic_hts`` and flite ``slt``
   (both from the CMU ARCTIC slt recordings).  ``synth-awb``, ``synth-rms``: flite (CMU ARCTIC).
 
 Phone timings: espeak-ng through its library's phoneme events (``corpus.espeak``), festival through
@@ -41,7 +41,11 @@ ESPEAK_VARIANTS = {**{f"m{i}": "m" for i in range(1, 8)}, **{f"f{i}": "f" for i 
 FESTIVAL_VOICES = {
     "kal_diphone": ("festvox-kallpc16k", "usr/share/festival/voices/english/kal_diphone", "synth-kal"),
     "ked_diphone": ("festvox-kdlpc16k", "usr/share/festival/voices/english/ked_diphone", "synth-ked"),
-    "cmu_us_slt_arctic_hts": ("festvox-us-slt-hts", "usr/share/festival/voices/us/cmu_us_slt_arctic_hts", "synth-slt"),
+    "cmu_us_slt_arctic_hts": (
+        "festvox-us-slt-hts",
+        "usr/share/festival/voices/us/cmu_us_slt_arctic_hts",
+        "synth-slt",
+    ),
 }
 FLITE_VOICES = {"kal16": "synth-kal", "slt": "synth-slt", "awb": "synth-awb", "rms": "synth-rms"}
 
@@ -63,8 +67,9 @@ def estimate_seconds(text: str) -> float:
     return 0.4 + len(text) / 14.0
 
 
-def plan_jobs(texts: list[Text], engine: str, voices: dict[str, str], minutes: float, split: str,
-              seed: int) -> list[Job]:
+def plan_jobs(
+    texts: list[Text], engine: str, voices: dict[str, str], minutes: float, split: str, seed: int
+) -> list[Job]:
     """Jobs for ``engine`` cycling through ``voices`` {voice: speaker} until ~``minutes`` of speech,
     drawing only texts of ``split``. Reproducible from ``seed``: a resumed build plans the same jobs."""
     rng = random.Random(f"{seed}:{engine}:{split}")
@@ -83,17 +88,33 @@ def plan_jobs(texts: list[Text], engine: str, voices: dict[str, str], minutes: f
 
 
 def _espeak_settings(rng: random.Random) -> dict:
-    return {"accent": rng.choice(ESPEAK_ACCENTS), "variant": rng.choice(sorted(ESPEAK_VARIANTS)),
-            "rate": rng.randint(130, 220), "pitch": rng.randint(25, 75)}
+    return {
+        "accent": rng.choice(ESPEAK_ACCENTS),
+        "variant": rng.choice(sorted(ESPEAK_VARIANTS)),
+        "rate": rng.randint(130, 220),
+        "pitch": rng.randint(25, 75),
+    }
 
 
 def job_clip(job: Job, audio: Path, phones: Path | None, split: str) -> Clip:
     info = sf.info(str(audio))
-    return Clip(id=f"synth/{job.id}", path=str(audio.resolve()), duration=round(info.duration, 4),
-                sample_rate=info.samplerate, kind="speech_synthetic", language="en", speaker=job.speaker,
-                text=job.text.text, text_en=job.text.text, labels=(job.engine, job.voice), split=split,
-                phones=str(phones.resolve()) if phones else None, source=job.engine, group=job.speaker,
-                extra={"voice": job.voice, **job.settings, "text_source": job.text.source})
+    return Clip(
+        id=f"synth/{job.id}",
+        path=str(audio.resolve()),
+        duration=round(info.duration, 4),
+        sample_rate=info.samplerate,
+        kind="speech_synthetic",
+        language="en",
+        speaker=job.speaker,
+        text=job.text.text,
+        text_en=job.text.text,
+        labels=(job.engine, job.voice),
+        split=split,
+        phones=str(phones.resolve()) if phones else None,
+        source=job.engine,
+        group=job.speaker,
+        extra={"voice": job.voice, **job.settings, "text_source": job.text.source},
+    )
 
 
 def run_espeak(jobs: list[Job], out: Path) -> dict[str, tuple[Path, Path | None]]:
@@ -123,20 +144,29 @@ def run_festival(jobs: list[Job], out: Path, voice_dirs: dict[str, Path], batch:
     """Synthesize festival jobs in batches of one ``festival -b`` run each; a failed batch is logged."""
     todo = [j for j in jobs if not ((out / f"{j.id}.wav").is_file() and (out / f"{j.id}.phones").is_file())]
     for k in progress(range(0, len(todo), batch), desc=f"festival ({len(todo)} utterances)"):
-        _festival_batch(todo[k:k + batch], out, voice_dirs)
-    return {j.id: (out / f"{j.id}.wav", out / f"{j.id}.phones") for j in jobs
-            if (out / f"{j.id}.wav").is_file() and (out / f"{j.id}.phones").is_file()}
+        _festival_batch(todo[k : k + batch], out, voice_dirs)
+    return {
+        j.id: (out / f"{j.id}.wav", out / f"{j.id}.phones")
+        for j in jobs
+        if (out / f"{j.id}.wav").is_file() and (out / f"{j.id}.phones").is_file()
+    }
 
 
 def _festival_batch(jobs: list[Job], out: Path, voice_dirs: dict[str, Path]) -> None:
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         # a voice festival already knows (installed system-wide, loaded at start-up) must not be re-declared
-        lines = [f'(if (not (assoc \'{v} voice-locations)) (voice-location "{v}" "{d}/" "{v}"))'
-                 for v, d in voice_dirs.items()]
+        lines = [
+            f'(if (not (assoc \'{v} voice-locations)) (voice-location "{v}" "{d}/" "{v}"))'
+            for v, d in voice_dirs.items()
+        ]
         for j in jobs:
-            lines += [f"(voice_{j.voice})", f"(set! u (Utterance Text {_scheme_string(j.text.text)}))",
-                      "(utt.synth u)", f'(utt.save.wave u "{tmp}/{j.id}.wav" \'riff)',
-                      f'(utt.save.segs u "{tmp}/{j.id}.segs")']
+            lines += [
+                f"(voice_{j.voice})",
+                f"(set! u (Utterance Text {_scheme_string(j.text.text)}))",
+                "(utt.synth u)",
+                f'(utt.save.wave u "{tmp}/{j.id}.wav" \'riff)',
+                f'(utt.save.segs u "{tmp}/{j.id}.segs")',
+            ]
         script = Path(tmp) / "batch.scm"
         script.write_text("\n".join(lines) + "\n")
         r = subprocess.run(["festival", "-b", str(script)], capture_output=True, text=True, timeout=1800)
@@ -156,8 +186,12 @@ def run_flite(jobs: list[Job], out: Path) -> dict:
         audio = out / f"{j.id}.wav"
         if not audio.is_file():
             tmp = out / f".{j.id}.tmp.wav"
-            r = subprocess.run(["flite", "-voice", j.voice, "-t", j.text.text, "-o", str(tmp)],
-                               capture_output=True, text=True, timeout=300)
+            r = subprocess.run(
+                ["flite", "-voice", j.voice, "-t", j.text.text, "-o", str(tmp)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if r.returncode != 0 or not tmp.is_file():
                 log.warning("flite failed on %s: %s", j.id, r.stderr.strip()[-200:])
                 tmp.unlink(missing_ok=True)

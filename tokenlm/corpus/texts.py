@@ -24,7 +24,15 @@ class Text:
     split: str = "train"
 
 
-_REPLACE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...", "\u2013": "-", "\u2014": "-"}
+_REPLACE = {
+    "\u2019": "'",
+    "\u2018": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2026": "...",
+    "\u2013": "-",
+    "\u2014": "-",
+}
 
 
 def clean(text: str) -> str:
@@ -57,19 +65,86 @@ def tuxpaint_english(stamps_dir: Path) -> list[str]:
     return list(lines)
 
 
-_SUBJECTS = ["the old fisherman", "a small girl", "my neighbour", "the teacher", "our captain", "a tired dog",
-             "the young doctor", "my brother", "the baker", "a quiet student", "the pilot", "her grandmother",
-             "the robot", "a clever fox", "the farmer", "his sister", "the singer", "a lost tourist"]
-_VERBS = ["found", "painted", "carried", "forgot", "opened", "repaired", "sold", "watched", "borrowed", "cleaned",
-          "dropped", "described", "counted", "measured", "ordered", "hid", "followed", "built"]
-_OBJECTS = ["a red umbrella", "the wooden box", "three green apples", "an old map", "the broken clock",
-            "a letter from Paris", "the silver key", "two heavy bags", "a yellow kite", "the last train ticket",
-            "a bowl of soup", "the blue bicycle", "seven paper boats", "a strange photograph", "the kitchen door"]
-_PLACES = ["near the river", "in the morning", "behind the station", "before the storm", "at the market",
-           "after lunch", "under the bridge", "in a hurry", "during the night", "on the way home",
-           "next to the library", "without a word", "at half past nine", "on a rainy Sunday"]
-_QUESTIONS = ["Why did {s} leave so early?", "Where is {o} now?", "Did {s} really see {o}?",
-              "How many times has {s} asked about {o}?", "Could you tell {s} about {o}?"]
+_SUBJECTS = [
+    "the old fisherman",
+    "a small girl",
+    "my neighbour",
+    "the teacher",
+    "our captain",
+    "a tired dog",
+    "the young doctor",
+    "my brother",
+    "the baker",
+    "a quiet student",
+    "the pilot",
+    "her grandmother",
+    "the robot",
+    "a clever fox",
+    "the farmer",
+    "his sister",
+    "the singer",
+    "a lost tourist",
+]
+_VERBS = [
+    "found",
+    "painted",
+    "carried",
+    "forgot",
+    "opened",
+    "repaired",
+    "sold",
+    "watched",
+    "borrowed",
+    "cleaned",
+    "dropped",
+    "described",
+    "counted",
+    "measured",
+    "ordered",
+    "hid",
+    "followed",
+    "built",
+]
+_OBJECTS = [
+    "a red umbrella",
+    "the wooden box",
+    "three green apples",
+    "an old map",
+    "the broken clock",
+    "a letter from Paris",
+    "the silver key",
+    "two heavy bags",
+    "a yellow kite",
+    "the last train ticket",
+    "a bowl of soup",
+    "the blue bicycle",
+    "seven paper boats",
+    "a strange photograph",
+    "the kitchen door",
+]
+_PLACES = [
+    "near the river",
+    "in the morning",
+    "behind the station",
+    "before the storm",
+    "at the market",
+    "after lunch",
+    "under the bridge",
+    "in a hurry",
+    "during the night",
+    "on the way home",
+    "next to the library",
+    "without a word",
+    "at half past nine",
+    "on a rainy Sunday",
+]
+_QUESTIONS = [
+    "Why did {s} leave so early?",
+    "Where is {o} now?",
+    "Did {s} really see {o}?",
+    "How many times has {s} asked about {o}?",
+    "Could you tell {s} about {o}?",
+]
 
 
 def generated_sentences(n: int, seed: int = 0) -> list[str]:
@@ -84,7 +159,9 @@ def generated_sentences(n: int, seed: int = 0) -> list[str]:
         elif kind < 0.8:
             text = rng.choice(_QUESTIONS).format(s=s, o=o)
         else:
-            text = f"{s} {v} {rng.randint(2, 999)} things {p}, and then {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {o}."
+            count = rng.randint(2, 999)  # draw order matters: the sentences must not change between builds
+            other, verb = rng.choice(_SUBJECTS), rng.choice(_VERBS)
+            text = f"{s} {v} {count} things {p}, and then {other} {verb} {o}."
         out[text[0].upper() + text[1:]] = None
     return list(out)
 
