@@ -147,3 +147,11 @@ def test_mixtures_are_exact_reproducible_and_split_pure(tmp_path):
     )
     assert snd.extra["source_ids"][1] == "snd" and 0 <= snd.snr_db <= 15
     assert mixtures.make_mixture(mixtures.MixSpec("speech+music", "train", 0), pool, tmp_path / "a") is None
+
+
+def test_piper_alignments_to_phones():
+    from types import SimpleNamespace as A
+
+    al = [A(phoneme="^", num_samples=100), A(phoneme="ˈ", num_samples=50), A(phoneme="ɑ", num_samples=150),
+          A(phoneme="ː", num_samples=100), A(phoneme=" ", num_samples=0), A(phoneme="k", num_samples=100)]
+    assert synth.piper_phones(al, sample_rate=1000) == [(0.0, 0.1, "_"), (0.1, 0.4, "ɑː"), (0.4, 0.5, "k")]

