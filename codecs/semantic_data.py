@@ -235,6 +235,19 @@ class Clip:
     phones: list | None
 
 
+def voice_name(row: dict) -> str:
+    """The espeak voice of a row (``accent+variant``; the corpus stores them as separate fields), else its speaker."""
+    if row.get("source") == "espeak" and row.get("accent"):
+        return f"{row['accent']}+{row.get('variant', '')}"
+    return str(row.get("speaker", ""))
+
+
+def is_held_out_voice(row: dict) -> bool:
+    """True for espeak clips in an accent reserved for evaluation, wherever they come from: other
+    corpora (``tokenlm data build``) use the same engine and must not leak these voices into training."""
+    return voice_name(row).split("+")[0] in EVAL_ACCENTS
+
+
 def read_rows(manifest: str | Path, split: str | None = None, limit: int | None = None) -> list[dict]:
     path = Path(manifest)
     if not path.is_file():

@@ -25,7 +25,7 @@ import torch
 from tokenlm.utils import atomic_write_text
 
 from .semantic import SemanticConfig, kmeans, nearest
-from .semantic_data import Clip, dev_corpus, frame_labels, load_clips, read_rows
+from .semantic_data import Clip, dev_corpus, frame_labels, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
 
@@ -124,6 +124,16 @@ def score(units: list[np.ndarray], clips: list[Clip], cfg: SemanticConfig) -> di
     return {**pnmi_stats(np.concatenate(units), labels), "speaker_invariance": speaker_invariance(units, clips)}
 
 
+def training_voices(rows: list[dict]) -> set[str]:
+    """Voices training can see: the corpus's train rows (as ``train`` filters them) plus ``rows``."""
+    from tokenlm.corpus.manifest import manifest_path
+
+    corpus = manifest_path(None, "speech_synthetic")
+    if corpus.is_file():
+        rows = rows + read_rows(corpus, split="train")
+    return {voice_name(r) for r in rows if not is_held_out_voice(r)}
+
+
 def evaluate(model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300,
              out: Path | None = None) -> dict:
     """Score ``model`` (a SemanticTokenizer) and the MFCC k-means floor on the eval split."""
@@ -137,7 +147,7 @@ def evaluate(model, manifest: Path | None = None, limit: int | None = None, n_tr
     ours = score(units, clips, cfg)
     base = score(mfcc_units(cfg, train, clips, cfg.codebook_size), clips, cfg)
     eval_voices = sorted({c.speaker for c in clips})
-    train_voices = {r.get("speaker") for r in train_rows}
+    train_voices = training_voices(train_rows)
     report = {
         "pnmi": ours["pnmi"], "pnmi_mfcc_kmeans": base["pnmi"], "pnmi_ratio": ours["pnmi"] / max(base["pnmi"], 1e-9),
         "phone_purity": ours["phone_purity"], "cluster_purity": ours["cluster_purity"],

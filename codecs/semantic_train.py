@@ -31,7 +31,7 @@ from tokenlm.errors import TokenlmError
 from tokenlm.utils import cache_dir
 
 from .semantic import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from .semantic_data import Clip, dev_corpus, load_clips, read_rows
+from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
 
 log = logging.getLogger("tokenlm.semantic")
 STATE_FILE = "state.safetensors"
@@ -92,7 +92,7 @@ def training_clips(cfg: SemanticTrainConfig, manifests: tuple[str, ...]) -> list
         path = resolve_manifest(spec)
         if path is None:
             continue
-        rows = [r for r in read_rows(path, split="train") if r.get("duration", 1.0) >= 0.5]
+        rows = [r for r in read_rows(path, split="train") if r.get("duration", 1.0) >= 0.5 and not is_held_out_voice(r)]
         random.Random(0).shuffle(rows)
         clips += load_clips(rows[: cfg.max_clips_per_manifest], cfg.model.sample_rate, desc=f"loading {path.name}")
     if not clips:

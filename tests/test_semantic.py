@@ -12,7 +12,7 @@ import torch
 from tokenlm.checkpoint import load_state
 from tokenlm.cli import main
 from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from tokenlm.codecs.semantic_data import Espeak, build_espeak_corpus, frame_labels, read_phones
+from tokenlm.codecs.semantic_data import Espeak, build_espeak_corpus, frame_labels, is_held_out_voice, read_phones
 from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
 from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
 from tokenlm.config import load_config
@@ -134,6 +134,9 @@ def test_corpus_splits_hold_out_voices(corpus):
     eval_rows = [r for r in rows if r["split"] == "eval"]
     assert len(eval_rows) == 4 and not train_v & {r["speaker"] for r in eval_rows}
     assert all(Path(r["phones"]).is_file() for r in rows)
+    corpus_row = {"source": "espeak", "accent": "en-gb-x-rp", "variant": "f4", "speaker": "espeak-f"}
+    assert is_held_out_voice(corpus_row) and not is_held_out_voice({**corpus_row, "accent": "en-us"})
+    assert all(is_held_out_voice({"speaker": r["speaker"]}) for r in eval_rows)
 
 
 def test_train_resume_export(corpus, tmp_path):
