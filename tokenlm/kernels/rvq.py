@@ -26,9 +26,11 @@ class RVQEncoded(NamedTuple):
     quantized: torch.Tensor
 
 
-# Rows per chunk: a [rows, M=1024] float32 distance block of 512 KiB stays in this CPU's 1 MiB L2, so the
-# min/argmin passes that follow the matmul read it from cache.
-CHUNK_ROWS = 128
+# Rows per chunk: big enough that the ~25 small torch calls per level cost little beside the matmul,
+# small enough that the [rows, M=1024] float32 distance block (16 MiB) stays in this CPU's 32 MiB L3.
+# Measured here (1 thread, N=50k, K=8, M=1024, D=128): 1024 rows 1.54x the bare matmuls, 2048 1.32x,
+# 4096 1.30x, 8192 1.27x.
+CHUNK_ROWS = 4096
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,34 +60,87 @@ def check_inputs(x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch
                          f"got {tuple(codebook_norms.shape)}")
 
 
-def error_bound(res_norm: torch.Tensor, code_norm_max: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+def error_factor(dim: int, dtype: torch.dtype) -> float:
+    """``gamma`` of :func:`error_bound` for dot products of length ``dim`` in ``dtype`` (with 1% slack)."""
+    u = torch.finfo(dtype).eps / 2
+    return (dim + 2) * u / (1 - (dim + 2) * u) * 1.01
+
+
+def error_bound(res_norm: torch.Tensor, code_norm_max: float, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Bound on the rounding error of one computed ``||c||^2 - 2 r.c`` (same units as the distance).
 
-    res_norm: ``||r||`` per row ``[n]``; code_norm_max: ``max ||c||`` of the level (scalar tensor).
+    res_norm: ``||r||`` per row ``[n]``; code_norm_max: ``max ||c||`` of the level.
     A dot product of length D in any summation order errs by at most ``gamma_D * sum|r_i c_i|``
     (``gamma_D = D u / (1 - D u)``), and ``sum|r_i c_i| <= ||r|| ||c||``; the same for ``||c||^2`` and one more
     rounding for the sum. Twice the bound separates a certain winner from a near tie.
     """
-    u = torch.finfo(dtype).eps / 2
-    gamma = (dim + 2) * u / (1 - (dim + 2) * u)
-    return gamma * (2 * res_norm * code_norm_max + code_norm_max * code_norm_max) * 1.01
+    gamma = error_factor(dim, dtype)
+    return res_norm * (2 * gamma * code_norm_max) + gamma * code_norm_max**2
 
 
-def exact_nearest(res: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Nearest code of each row by a float64 search: res ``[n, D]``, codebook ``[M, D]`` -> ``[n]`` int64."""
-    r64, c64 = res.double(), codebook.double()
-    dist = torch.addmm((c64 * c64).sum(-1), r64, c64.t(), alpha=-2.0)  # [n, M]
-    return dist.argmin(dim=1)
+class Nearest(NamedTuple):
+    """Per row: index of the smallest distance, that distance, and the runner-up distance (all ``[n]``)."""
+
+    idx: torch.Tensor
+    best: torch.Tensor
+    runner_up: torch.Tensor
 
 
-def certify(dist: torch.Tensor, best: torch.Tensor, idx: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Rows whose winner is not certain: runner-up within ``2 * bound`` of the best. Overwrites ``dist``.
+def _slabs(M: int) -> int:
+    """How many slabs :func:`nearest_two` cuts M codes into (0: M has no suitable divisor)."""
+    return next((s for s in (32, 16, 8, 4) if M % s == 0 and M // s >= 8), 0)
 
-    dist ``[n, M]`` computed distances, best/idx ``[n]`` their min and argmin, bound ``[n]``. Returns ``[n]`` bool.
+
+def nearest_two(dist: torch.Tensor) -> Nearest:
+    """Best index, best and runner-up values of each row of ``dist [n, M]`` (may overwrite ``dist``).
+
+    Why not ``dist.min(1)``: on this CPU a min that returns indices runs ~10x slower than a value-only
+    ``amin``. So view the row as ``[S, G]`` slabs, take the value-only min across slabs (one vectorised
+    pass), find the winning column among G and the winning slab among S on small tensors, and get the
+    runner-up from the same small tensors. Exact ties may pick a higher index than ``argmin``; a tie has a
+    zero margin, so the caller re-ranks it exactly anyway.
     """
-    dist.scatter_(1, idx[:, None], float("inf"))
-    runner_up = dist.amin(dim=1)
-    return (runner_up - best) <= 2 * bound
+    n, M = dist.shape
+    S = _slabs(M)
+    if S == 0:  # plain path for awkward M
+        best, idx = dist.min(dim=1)
+        dist.scatter_(1, idx[:, None], float("inf"))
+        return Nearest(idx, best, dist.amin(dim=1))
+    G = M // S
+    col = dist.view(n, S, G).amin(dim=1)  # [n, G] best over slabs, per column
+    best, g = col.min(dim=1)
+    col.scatter_(1, g[:, None], float("inf"))
+    offsets = (torch.arange(0, n * M, M, device=dist.device) + g)[:, None] + torch.arange(0, M, G, device=dist.device)
+    column = dist.view(-1).index_select(0, offsets.view(-1)).view(n, S)  # [n, S] the winning column
+    s = column.argmin(dim=1)
+    column.scatter_(1, s[:, None], float("inf"))
+    return Nearest(s * G + g, best, torch.minimum(col.amin(dim=1), column.amin(dim=1)))
+
+
+class Levels:
+    """Per-level constants of one search: codebooks in the work dtype ``[K, M, D]``, ``||c||^2 [K, M]``,
+    ``max ||c||`` per level, and (built on first use) float64 copies for re-ranking near ties."""
+
+    def __init__(self, codebooks: torch.Tensor, codebook_norms: torch.Tensor | None, dtype: torch.dtype):
+        self.cb = codebooks.to(dtype).contiguous()
+        self.norms = squared_norms(self.cb) if codebook_norms is None else codebook_norms.to(dtype)
+        self.cb_t = self.cb.transpose(1, 2)  # [K, D, M]: addmm reads it as the transposed operand, no copy
+        self.code_norm_max = self.norms.amax(dim=1).clamp_min(0).sqrt().tolist()
+        self.dtype = dtype
+        self._exact = None
+
+    def exact_nearest(self, k: int, res: torch.Tensor) -> torch.Tensor:
+        """Nearest code of level k for rows ``res [n, D]`` by a float64 search -> ``[n]`` int64."""
+        if self._exact is None:
+            cb64 = self.cb.double()
+            self._exact = (cb64, (cb64 * cb64).sum(-1))
+        cb64, norms64 = self._exact
+        return torch.addmm(norms64[k], res.double(), cb64[k].t(), alpha=-2.0).argmin(dim=1)
+
+    def unsure(self, k: int, res: torch.Tensor, near: Nearest) -> torch.Tensor:
+        """Indices of rows whose margin is within twice the rounding-error bound (their ranking may be wrong)."""
+        bound = error_bound(torch.linalg.vector_norm(res, dim=1), self.code_norm_max[k], res.shape[1], self.dtype)
+        return ((near.runner_up - near.best) <= 2 * bound).nonzero().squeeze(1)
 
 
 @torch.no_grad()
@@ -105,33 +160,28 @@ def rvq_encode_torch(
     N, D = x.shape
     K, M, _ = codebooks.shape
     wd = work_dtype(x.dtype)
-    cb = codebooks.to(wd).contiguous()
-    norms = squared_norms(cb) if codebook_norms is None else codebook_norms.to(wd)
-    cb_t = cb.transpose(1, 2)  # [K, D, M]: addmm reads it as the transposed operand, no copy
-    code_norm_max = norms.amax(dim=1).clamp_min(0).sqrt()  # [K]
+    levels = Levels(codebooks, codebook_norms, wd)
     codes = torch.empty(N, K, dtype=torch.int64, device=x.device)
     quantized = torch.empty(N, D, dtype=x.dtype, device=x.device)
     dist = torch.empty(min(chunk_rows, max(N, 1)), M, dtype=wd, device=x.device)
     for start in range(0, N, chunk_rows):
         stop = min(start + chunk_rows, N)
-        q = _encode_chunk(x[start:stop].to(wd, copy=True), cb, cb_t, norms, code_norm_max, codes[start:stop],
-                          dist[: stop - start])
-        quantized[start:stop] = q
+        res = x[start:stop].to(wd, copy=True)
+        quantized[start:stop] = _encode_chunk(res, levels, codes[start:stop], dist[: stop - start])
     return RVQEncoded(codes, quantized)
 
 
-def _encode_chunk(res, cb, cb_t, norms, code_norm_max, codes_out, dist) -> torch.Tensor:
-    """All K levels for one chunk of rows; ``res`` [n, D] is consumed as the residual. Returns quantized [n, D]."""
+def _encode_chunk(res: torch.Tensor, levels: Levels, codes_out: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """All K levels for one chunk of rows; ``res [n, D]`` is consumed as the residual. Returns quantized [n, D]."""
     q = torch.zeros_like(res)
-    D = res.shape[1]
-    for k in range(cb.shape[0]):
-        torch.addmm(norms[k], res, cb_t[k], alpha=-2.0, out=dist)  # ||c||^2 - 2 r.c, [n, M]
-        best, idx = dist.min(dim=1)
-        bound = error_bound(torch.linalg.vector_norm(res, dim=1), code_norm_max[k], D, res.dtype)
-        unsure = certify(dist, best, idx, bound).nonzero().squeeze(1)
+    for k in range(levels.cb.shape[0]):
+        torch.addmm(levels.norms[k], res, levels.cb_t[k], alpha=-2.0, out=dist)  # ||c||^2 - 2 r.c, [n, M]
+        near = nearest_two(dist)
+        idx = near.idx
+        unsure = levels.unsure(k, res, near)
         if unsure.numel():
-            idx[unsure] = exact_nearest(res[unsure], cb[k])
-        chosen = cb[k].index_select(0, idx)  # [n, D]
+            idx[unsure] = levels.exact_nearest(k, res[unsure])
+        chosen = levels.cb[k].index_select(0, idx)  # [n, D]
         q += chosen
         res -= chosen
         codes_out[:, k] = idx

@@ -15,9 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .rvq import RVQEncoded, check_inputs, rvq_encode_torch, squared_norms
+from .rvq import RVQEncoded, check_inputs, error_factor, rvq_encode_torch, squared_norms
 
 MAX_DIM = 256
+# GPU launch sizes for D <= 128 (checked for spills with the ahead-of-time compile in bench_gpu)
+GPU_BLOCK_N, GPU_BLOCK_M, GPU_NUM_WARPS = 64, 64, 8
 
 
 @triton.jit
@@ -61,12 +63,6 @@ def _rvq_kernel(x_ptr, cb_ptr, norm_ptr, cmax_ptr, codes_ptr, q_ptr, unsure_ptr,
     tl.store(unsure_ptr + rows, unsure, mask=row_ok)
 
 
-def _gamma(dim: int) -> float:
-    """The factor of :func:`tokenlm.kernels.rvq.error_bound` for float32 and length ``dim``."""
-    u = torch.finfo(torch.float32).eps / 2
-    return (dim + 2) * u / (1 - (dim + 2) * u) * 1.01
-
-
 @torch.no_grad()
 def rvq_encode_triton(
     x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch.Tensor | None = None,
@@ -97,7 +93,7 @@ def rvq_encode_triton(
     block_n = block_n or (32 if x.is_cuda and block_d > 128 else 64)
     block_m = block_m or (32 if block_d > 128 else 64)
     grid = (triton.cdiv(N, block_n),)
-    _rvq_kernel[grid](x.contiguous(), cb, norms, code_norm_max, codes, quantized, unsure, N, M, D, K, _gamma(D),
+    _rvq_kernel[grid](x.contiguous(), cb, norms, code_norm_max, codes, quantized, unsure, N, M, D, K, error_factor(D, torch.float32),
                       BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
     redo = unsure.nonzero().squeeze(1)
     if redo.numel():  # near ties: the twin re-ranks them in float64
