@@ -37,7 +37,9 @@ class Recipe:
     music21_minutes: float = 45.0  # scores rendered with fluidsynth (0: none)
     sounds_eval_fraction: float = 0.15
     # minutes of synthetic speech per engine (estimated from text length while planning)
-    synth_minutes: dict = field(default_factory=lambda: {"espeak": 290.0, "festival": 80.0, "flite": 70.0})
+    synth_minutes: dict = field(
+        default_factory=lambda: {"espeak": 290.0, "festival": 80.0, "flite": 70.0, "piper": 25.0}
+    )
     synth_eval_speakers: tuple[str, ...] = ()
     synth_generated_sentences: int = 3000
     mixtures_per_type: int = 300  # train mixtures of each type (see corpus.mixtures)

@@ -85,6 +85,15 @@ def _write_midi(score_path: Path, midi_path: Path, ensemble: str) -> None:
     score.write("midi", fp=str(midi_path))
 
 
+MAX_RENDER_BYTES = 32000 * 2 * 2 * 900  # 15 minutes of 32 kHz 16-bit stereo
+
+
+def _cap_file_size() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_RENDER_BYTES, MAX_RENDER_BYTES))
+
+
 def render_score(
     score_path: Path, out_dir: Path, soundfont: Path, sample_rate: int = 32000, seed: int = 0
 ) -> tuple[Path, str] | None:
@@ -102,23 +111,13 @@ def render_score(
         except Exception as e:  # music21 raises many kinds on odd scores; skip the score, say which
             log.warning("music21 could not convert %s: %s", sid, str(e)[:120])
             return None
-        r = subprocess.run(
-            [
-                "fluidsynth",
-                "-ni",
-                "-g",
-                "0.6",
-                "-F",
-                str(raw),
-                "-r",
-                str(sample_rate),
-                str(soundfont),
-                str(midi),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        cmd = ["fluidsynth", "-ni", "-g", "0.6", "-F", str(raw), "-r", str(sample_rate), str(soundfont)]
+        cmd.append(str(midi))
+        try:  # a few MIDI files never end in fluidsynth: cap the output size and the time
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=_cap_file_size)
+        except subprocess.TimeoutExpired:
+            log.warning("fluidsynth timed out on %s", sid)
+            return None
         if r.returncode != 0 or not raw.is_file():
             log.warning("fluidsynth failed on %s: %s", sid, r.stderr.strip()[-120:])
             return None
