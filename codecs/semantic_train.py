@@ -45,7 +45,8 @@ class SemanticTrainConfig:
     name: str = "semantic-small"
     model: SemanticConfig = field(default_factory=SemanticConfig)
     iteration: int = 1
-    target_layer: int = 4  # iteration 2: the teacher layer clustered into targets
+    target_layer: int = 0  # iteration 2: the teacher layer clustered into targets (0: the teacher's unit layer)
+    warm_start: bool = True  # with --init, start from its weights where shapes match (a new head otherwise)
     manifests: tuple[str, ...] = ("espeak",)
     noise_manifest: str | None = "corpus:sounds"
     max_clips_per_manifest: int = 4000
@@ -206,7 +207,7 @@ def make_targets(cfg: SemanticTrainConfig, clips: list[Clip], teacher: SemanticT
     else:
         if teacher is None:
             raise TokenlmError("iteration 2 needs --init: the iteration-1 model whose layer gives the targets")
-        t = LayerTargets(teacher, cfg.target_layer, torch.zeros(0))
+        t = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, torch.zeros(0))
     feats = frame_features(t.features, clips, cfg.kmeans_clips)
     log.info("fitting %d target clusters on %d frames (iteration %d)", k, len(feats), cfg.iteration)
     t.centroids = kmeans(feats, k, iters=cfg.kmeans_iters)
@@ -277,7 +278,7 @@ def restore_run(cfg: SemanticTrainConfig, out: Path) -> tuple[Run, dict]:
 
         teacher = SemanticTokenizer(from_dict(SemanticConfig, ast.literal_eval(st["teacher_config"])))
         teacher.load_state_dict(st["teacher"])
-        targets = LayerTargets(teacher, cfg.target_layer, st["targets"])
+        targets = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, st["targets"])
     else:
         targets = MfccTargets(cfg.model, st["targets"])
     set_rng_state(st["rng"])
@@ -295,7 +296,7 @@ def new_run(cfg: SemanticTrainConfig, clips: list[Clip], init: str | None) -> Ru
         from tokenlm.pretrained import load
 
         teacher = load(init)
-        if cfg.iteration == 1:  # warm start: copy what matches
+        if cfg.warm_start:  # a CPU budget cannot afford HuBERT's fresh start per iteration
             own = model.state_dict()
             own.update({k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape})
             model.load_state_dict(own)

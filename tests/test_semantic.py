@@ -210,7 +210,10 @@ def test_iteration2_uses_teacher_layer_and_resumes(corpus, tmp_path):
     teacher = train(cfg1, tmp_path / "it1", max_steps=2, fresh=True, manifest=str(corpus))
     cfg2 = load_config(SemanticTrainConfig, "semantic/tiny", iteration=2, target_layer=2, model={"n_targets": 6})
     out = tmp_path / "it2"
-    train(cfg2, out, max_steps=2, fresh=True, init=str(teacher), manifest=str(corpus))
+    train(cfg2, out, max_steps=0, fresh=True, init=str(teacher), manifest=str(corpus))
+    w = "encoder.layers.0.linear1.weight"
+    assert torch.equal(load_state(out / "state.safetensors")["model"][w], load(teacher).state_dict()[w])  # warm start
+    train(cfg2, out, max_steps=2, manifest=str(corpus))
     st = load_state(out / "state.safetensors")
     assert "teacher" in st and st["targets"].shape == (6, TINY.dim)  # centroids live in the teacher's space
     folder = train(cfg2, out, max_steps=1, manifest=str(corpus))
