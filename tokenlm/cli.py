@@ -163,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tokenlm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _parser(sub, "compress", "compress audio to a .tlm token file", "tokenlm compress speech.wav -o speech.tlm --kbps 1.5",
-            "tokenlm.codecs.container:cli_compress", _compress_args)
+            "tokenlm.codecs.compress:cli_compress", _compress_args)
     _parser(sub, "decompress", "decode a .tlm token file to audio", "tokenlm decompress speech.tlm -o speech.wav",
-            "tokenlm.codecs.container:cli_decompress", _decompress_args)
+            "tokenlm.codecs.compress:cli_decompress", _decompress_args)
     _parser(sub, "asr", "transcribe speech", "tokenlm asr speech.wav", "tokenlm.tasks.asr:cli",
             lambda p: _in_model(p, "lm-small"))
     _parser(sub, "tts", "speak text, optionally in the voice of a prompt clip",
