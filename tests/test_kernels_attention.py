@@ -46,14 +46,17 @@ def test_twin_matches_naive_with_bottom_right_mask():
     assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
 
 
-@pytest.mark.parametrize("B,H,Tq,Tk,D,causal", [
-    (2, 2, 37, 37, 32, True),    # T not a multiple of the 64 block
-    (1, 2, 70, 70, 64, False),
-    (1, 1, 1, 1, 128, True),     # T = 1
-    (1, 1, 67, 67, 128, True),
-    (1, 2, 20, 45, 64, True),    # queries after a cached prefix, with gradients
-    (1, 1, 24, 24, 48, True),    # head dim padded to 64 inside the kernel
-])
+@pytest.mark.parametrize(
+    "B,H,Tq,Tk,D,causal",
+    [
+        (2, 2, 37, 37, 32, True),  # T not a multiple of the 64 block
+        (1, 2, 70, 70, 64, False),
+        (1, 1, 1, 1, 128, True),  # T = 1
+        (1, 1, 67, 67, 128, True),
+        (1, 2, 20, 45, 64, True),  # queries after a cached prefix, with gradients
+        (1, 1, 24, 24, 48, True),  # head dim padded to 64 inside the kernel
+    ],
+)
 def test_forward_and_grads_match_sdpa(triton_interp, B, H, Tq, Tk, D, causal):
     q, k, v = _qkv(B, H, Tq, Tk, D)
     ours = _grads(lambda *a: attention(*a, backend="triton"), q, k, v, causal)

@@ -104,9 +104,11 @@ def test_bad_inputs_are_refused():
 
 
 def test_importing_kernels_does_not_import_triton():
-    code = ("import sys, torch; from tokenlm.kernels import rvq_encode, attention; "
-            "rvq_encode(torch.randn(4, 8), torch.randn(2, 4, 8)); "
-            "assert 'triton' not in sys.modules, 'triton imported'")
+    code = (
+        "import sys, torch; from tokenlm.kernels import rvq_encode, attention; "
+        "rvq_encode(torch.randn(4, 8), torch.randn(2, 4, 8)); "
+        "assert 'triton' not in sys.modules, 'triton imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -118,6 +120,7 @@ def test_inputs_are_not_modified():
 
 
 # ---- the Triton kernel, in the interpreter on CPU ----
+
 
 def _triton_or_skip():
     """The dispatcher switches the interpreter on before importing triton; skip if it is too late for that."""
@@ -152,10 +155,23 @@ def test_triton_kernel_flags_near_ties_and_handles_half():
 def test_forcing_triton_after_a_plain_import_is_refused():
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    code = ("import os, torch; os.environ.pop('TRITON_INTERPRET', None); import triton; "
-            "from tokenlm.errors import TokenlmError; from tokenlm.kernels import rvq_encode\n"
-            "try:\n rvq_encode(torch.randn(4, 8), torch.randn(2, 4, 8), backend='triton')\n"
-            "except TokenlmError as e:\n assert 'TRITON_INTERPRET=1' in str(e); print('refused')")
+    code = (
+        "import os, torch; os.environ.pop('TRITON_INTERPRET', None); import triton; "
+        "from tokenlm.errors import TokenlmError; from tokenlm.kernels import rvq_encode\n"
+        "try:\n rvq_encode(torch.randn(4, 8), torch.randn(2, 4, 8), backend='triton')\n"
+        "except TokenlmError as e:\n assert 'TRITON_INTERPRET=1' in str(e); print('refused')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "refused"
+
+
+@pytest.mark.parametrize("M", [1024, 100, 37])
+def test_nearest_two_matches_topk(M):
+    from tokenlm.kernels.rvq import nearest_two
+
+    dist = torch.randn(300, M, generator=torch.Generator().manual_seed(M))
+    top = dist.topk(2, dim=1, largest=False)
+    got = nearest_two(dist.clone())
+    assert torch.equal(got.idx, top.indices[:, 0])
+    assert torch.equal(got.best, top.values[:, 0]) and torch.equal(got.runner_up, top.values[:, 1])

@@ -18,9 +18,10 @@ from .rvq import RVQEncoded, rvq_encode_torch
 __all__ = ["RVQEncoded", "attention", "rvq_encode"]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-              backend: str = "auto") -> torch.Tensor:
-    """Softmax attention with scale ``1/sqrt(D)``: q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` -> ``[B, H, Tq, D]``.
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, backend: str = "auto"
+) -> torch.Tensor:
+    """Softmax attention, scale ``1/sqrt(D)``: q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` -> ``[B, H, Tq, D]``
 
     Causal masks are bottom-right aligned (FlashAttention-2): with a KV cache (Tq < Tk) query i sees keys
     up to ``i + Tk - Tq``, so one new query sees every cached key. Differentiable on every backend.
@@ -34,7 +35,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 @torch.no_grad()
 def rvq_encode(
-    x: torch.Tensor, codebooks: torch.Tensor, backend: str = "auto", codebook_norms: torch.Tensor | None = None
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    backend: str = "auto",
+    codebook_norms: torch.Tensor | None = None,
 ) -> RVQEncoded:
     """Residual VQ search over all levels.
 

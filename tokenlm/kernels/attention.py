@@ -14,17 +14,21 @@ HEAD_DIMS = (16, 32, 64, 128)
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
-    """Raise ``ValueError`` unless q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` agree (and Tq <= Tk if causal)."""
+    """Raise ``ValueError`` unless q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` agree (Tq <= Tk if causal)."""
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-        raise ValueError(f"attention wants q [B, H, Tq, D] and k, v [B, H, Tk, D]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"attention wants q [B, H, Tq, D] and k, v [B, H, Tk, D]; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} differ in B, H or D")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), "
-                         f"got Tq={q.shape[2]} > Tk={k.shape[2]}")
+        raise ValueError(
+            f"causal attention needs Tq <= Tk (queries are the last Tq positions), "
+            f"got Tq={q.shape[2]} > Tk={k.shape[2]}"
+        )
 
 
 def causal_mask(Tq: int, Tk: int, device=None) -> torch.Tensor:
@@ -33,7 +37,10 @@ def causal_mask(Tq: int, Tk: int, device=None) -> torch.Tensor:
 
 
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """The twin: SDPA with the bottom-right causal mask. q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` -> ``[B, H, Tq, D]``."""
+    """The twin: SDPA with the bottom-right causal mask.
+
+    q ``[B, H, Tq, D]``, k/v ``[B, H, Tk, D]`` -> ``[B, H, Tq, D]``.
+    """
     check_inputs(q, k, v, causal)
     Tq, Tk = q.shape[2], k.shape[2]
     if not causal or Tq == 0:

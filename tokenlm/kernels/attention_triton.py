@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -44,11 +45,37 @@ def _load_tile(base, rows, dims, stride_t, stride_d, n_rows, D, F32: tl.constexp
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, qk_scale,
-                sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-                H, Tq, Tk, D, split_size, causal_off,
-                CAUSAL: tl.constexpr, F32: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    qk_scale,
+    sqb,
+    sqh,
+    sqt,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    H,
+    Tq,
+    Tk,
+    D,
+    split_size,
+    causal_off,
+    CAUSAL: tl.constexpr,
+    F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -81,16 +108,37 @@ def _fwd_kernel(Q, K, V, O, LSE, qk_scale,
     lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("-inf"))
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_rows = (split * tl.num_programs(1) + bh) * Tq + rows  # [S, B*H, Tq] row index
-    tl.store(O + o_rows[:, None] * D + dims[None, :], out.to(O.dtype.element_ty),
-             mask=(rows[:, None] < Tq) & (dims[None, :] < D))
+    tl.store(
+        Out + o_rows[:, None] * D + dims[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=(rows[:, None] < Tq) & (dims[None, :] < D),
+    )
     tl.store(LSE + o_rows, lse, mask=rows < Tq)
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
-                     H, Tq, Tk, D, causal_off,
-                     CAUSAL: tl.constexpr, F32: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    qk_scale,
+    sm_scale,
+    H,
+    Tq,
+    Tk,
+    D,
+    causal_off,
+    CAUSAL: tl.constexpr,
+    F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dK, dV for one key block, looping over the query blocks that can see it. All tensors contiguous."""
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -123,10 +171,27 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
-                   H, Tq, Tk, D, causal_off,
-                   CAUSAL: tl.constexpr, F32: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    qk_scale,
+    sm_scale,
+    H,
+    Tq,
+    Tk,
+    D,
+    causal_off,
+    CAUSAL: tl.constexpr,
+    F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dQ for one query block, looping over the key blocks it sees. All tensors contiguous."""
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -150,16 +215,29 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
     mask = (rows[:, None] < Tq) & (dims[None, :] < D)
-    tl.store(DQ + bh * Tq * D + rows[:, None] * D + dims[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=mask)
+    tl.store(
+        DQ + bh * Tq * D + rows[:, None] * D + dims[None, :],
+        (dq * sm_scale).to(DQ.dtype.element_ty),
+        mask=mask,
+    )
 
 
-def _blocks(q: torch.Tensor) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D): 64 x 64 tiles (bigger tiles also make the interpreter faster)."""
-    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
-    if q.is_cuda and block_d == 128 and q.dtype == torch.float32:
-        return 32, 32, block_d  # fp32 tiles of D=128 overflow shared memory at 64 x 64
-    return 64, 64, block_d
+class Launch(NamedTuple):
+    block_m: int
+    block_n: int
+    block_d: int
+    num_warps: int
+
+
+def launch_config(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> Launch:
+    """Tile sizes and warps. 64 x 64 tiles everywhere (bigger tiles also speed up the interpreter); on an
+    sm_90 compile (bench_gpu) fp16 at D <= 64 with 4 warps and D = 128 with 8 warps use <= 255 registers
+    without spills (4 warps at D = 128 spill 100-400 B). float32 at D = 128 needs smaller tiles (shared
+    memory)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if on_gpu and block_d == 128 and dtype == torch.float32:
+        return Launch(32, 32, block_d, 4)
+    return Launch(64, 64, block_d, 8 if block_d > 64 else 4)
 
 
 def _forward(q, k, v, causal: bool, n_splits: int = 1, block_m: int | None = None):
@@ -167,7 +245,7 @@ def _forward(q, k, v, causal: bool, n_splits: int = 1, block_m: int | None = Non
     with one split, out is in q's dtype and already final."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    bm, bn, bd = _blocks(q)
+    bm, bn, bd, warps = launch_config(D, q.dtype, q.is_cuda)
     bm = block_m or bm
     split_size = triton.cdiv(triton.cdiv(Tk, n_splits), bn) * bn
     n_splits = triton.cdiv(Tk, split_size)
@@ -175,14 +253,34 @@ def _forward(q, k, v, causal: bool, n_splits: int = 1, block_m: int | None = Non
     out = torch.empty(n_splits, B * H, Tq, D, dtype=out_dtype, device=q.device)
     lse = torch.empty(n_splits, B * H, Tq, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(Tq, bm), B * H, n_splits)
-    _fwd_kernel[grid](q, k, v, out, lse, LOG2E / math.sqrt(D), *q.stride(), *k.stride(), *v.stride(),
-                      H, Tq, Tk, D, split_size, Tk - Tq, CAUSAL=causal, F32=_interpreting() or q.dtype == torch.float32,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+    _fwd_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        lse,
+        LOG2E / math.sqrt(D),
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        H,
+        Tq,
+        Tk,
+        D,
+        split_size,
+        Tk - Tq,
+        CAUSAL=causal,
+        F32=_interpreting() or q.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=bd,
+        num_warps=warps,
+    )
     return out, lse
 
 
 def _combine(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Merge split partials: out ``[S, BH, Tq, D]`` (each normalised), lse ``[S, BH, Tq]`` -> ``[BH, Tq, D]``."""
+    """Merge splits: out ``[S, BH, Tq, D]`` (each normalised), lse ``[S, BH, Tq]`` -> ``[BH, Tq, D]``."""
     total = torch.logsumexp(lse * math.log(2), dim=0) / math.log(2)  # log2 units
     weight = torch.exp2(lse - total).nan_to_num_(0.0)  # a split that saw no key has lse = -inf
     return (weight[..., None] * out).sum(0)
@@ -195,9 +293,16 @@ def _backward(q, k, v, o, lse, do, causal: bool):
     q, k, v, do = (t.contiguous() for t in (q, k, v, do))
     delta = (o.float() * do.float()).sum(-1).reshape(B * H, Tq).contiguous()  # rowsum(dO * O)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    bm, bn, bd = _blocks(q)
+    bm, bn, bd, warps = launch_config(D, q.dtype, q.is_cuda)
     args = (LOG2E / math.sqrt(D), 1 / math.sqrt(D), H, Tq, Tk, D, Tk - Tq)
-    meta = dict(CAUSAL=causal, F32=_interpreting() or q.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+    meta = dict(
+        CAUSAL=causal,
+        F32=_interpreting() or q.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=bd,
+        num_warps=warps,
+    )
     _bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * H)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
     _bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](q, k, v, do, lse, delta, dq, *args, **meta)
     return dq, dk, dv
@@ -231,6 +336,8 @@ def check_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
         raise ValueError(f"Triton attention supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
     if k.shape[2] == 0:
         raise ValueError("Triton attention needs at least one key")
+    if max(q.numel(), k.numel()) >= 2**31:
+        raise ValueError("Triton attention indexes with int32: q and k must have fewer than 2**31 elements")
 
 
 def decode_splits(q: torch.Tensor, Tk: int) -> int:

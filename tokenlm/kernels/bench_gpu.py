@@ -27,27 +27,42 @@ def _tflops(flops: float, ms: float) -> float:
 
 def attention_gpu(quick: bool) -> dict:
     """Triton vs SDPA on CUDA, fp16 causal: forward, forward+backward, and a decode step (ms, TFLOP/s)."""
+
+
+    cases = ATTN_GPU_CASES[:2] if quick else ATTN_GPU_CASES
+    rows = [_attention_case(T, D) for T, D in cases]
+    return {"dtype": "float16", "causal": True, "cases": rows, "decode": _decode_gpu()}
+
+
+def _attention_case(T: int, D: int) -> dict:
+    """One shape: forward and forward+backward time of Triton and SDPA, fp16, causal, 16k tokens per batch."""
     import torch.nn.functional as F
     from triton.testing import do_bench
 
     from . import attention
 
-    rows = []
-    for T, D in ATTN_GPU_CASES[:2] if quick else ATTN_GPU_CASES:
-        B, H = max(1, 16384 // T), 16
-        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
-        dout = torch.randn_like(q)
-        flops = 2 * 2 * B * H * T * T * D / 2  # two matmuls, half the square under the causal mask
-        row = {"B": B, "H": H, "T": T, "D": D}
-        for name, fn in (("triton", lambda: attention(q, k, v, backend="triton")),
-                         ("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))):
-            fwd = do_bench(fn)
-            out = fn()
-            bwd = do_bench(lambda out=out: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
-            row[name] = {"fwd_ms": round(fwd, 3), "fwd_tflops": _tflops(flops, fwd),
-                         "fwd_bwd_ms": round(fwd + bwd, 3), "fwd_bwd_tflops": _tflops(3.5 * flops, fwd + bwd)}
-        rows.append(row)
-    return {"dtype": "float16", "causal": True, "cases": rows, "decode": _decode_gpu()}
+    B, H = max(1, 16384 // T), 16
+    q, k, v = (
+        torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)
+    )
+    dout = torch.randn_like(q)
+    flops = 2 * 2 * B * H * T * T * D / 2  # two matmuls, half the square under the causal mask
+    row = {"B": B, "H": H, "T": T, "D": D}
+    impls = {
+        "triton": lambda: attention(q, k, v, backend="triton"),
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    }
+    for name, fn in impls.items():
+        fwd = do_bench(fn)
+        out = fn()
+        bwd = do_bench(lambda out=out: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+        row[name] = {
+            "fwd_ms": round(fwd, 3),
+            "fwd_tflops": _tflops(flops, fwd),
+            "fwd_bwd_ms": round(fwd + bwd, 3),
+            "fwd_bwd_tflops": _tflops(3.5 * flops, fwd + bwd),
+        }
+    return row
 
 
 def _decode_gpu() -> dict:
@@ -63,8 +78,13 @@ def _decode_gpu() -> dict:
         ours = do_bench(lambda: attention(q, k, v, backend="triton"))
         sdpa = do_bench(lambda: F.scaled_dot_product_attention(q, k, v))
     gbytes = 2 * k.numel() * 2 / 1e9  # K and V read once
-    return {"Tk": 8192, "triton_ms": round(ours, 4), "sdpa_ms": round(sdpa, 4),
-            "triton_GBps": round(gbytes / (ours * 1e-3), 1), "sdpa_GBps": round(gbytes / (sdpa * 1e-3), 1)}
+    return {
+        "Tk": 8192,
+        "triton_ms": round(ours, 4),
+        "sdpa_ms": round(sdpa, 4),
+        "triton_GBps": round(gbytes / (ours * 1e-3), 1),
+        "sdpa_GBps": round(gbytes / (sdpa * 1e-3), 1),
+    }
 
 
 def rvq_gpu(shape: dict) -> dict:
@@ -75,8 +95,10 @@ def rvq_gpu(shape: dict) -> dict:
     from .bench import _vqp_encoder, rvq_data
 
     x, codebooks = (t.cuda() for t in rvq_data(**shape))
-    methods = {"triton": lambda: rvq_encode(x, codebooks, backend="triton"),
-               "torch_twin": lambda: rvq_encode(x, codebooks, backend="torch")}
+    methods = {
+        "triton": lambda: rvq_encode(x, codebooks, backend="triton"),
+        "torch_twin": lambda: rvq_encode(x, codebooks, backend="torch"),
+    }
     vqp = None
     try:
         encode = _vqp_encoder(codebooks)
@@ -89,14 +111,20 @@ def rvq_gpu(shape: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             ms = do_bench(fn)
-            out[name] = {"ms": round(ms, 3), "peak_mb": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)}
-        out["codes_equal_triton_vs_twin"] = bool(torch.equal(methods["triton"]().codes, methods["torch_twin"]().codes))
+            out[name] = {
+                "ms": round(ms, 3),
+                "peak_mb": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
+            }
+        out["codes_equal_triton_vs_twin"] = bool(
+            torch.equal(methods["triton"]().codes, methods["torch_twin"]().codes)
+        )
     if vqp:
         out["vector_quantize_pytorch"] = vqp
     return out
 
 
 # ---- ahead-of-time compile for an H100, without a GPU ----
+
 
 def _signature(fn, types: dict) -> dict:
     return {name: types.get(name, "constexpr") for name in fn.arg_names}
@@ -109,20 +137,68 @@ def _aot_cases():
 
     ptr = lambda t: f"*{t}"
     rvq_types = {n: ptr("fp32") for n in ("x_ptr", "cb_ptr", "norm_ptr", "cmax_ptr", "q_ptr")}
-    rvq_types.update(codes_ptr=ptr("i64"), unsure_ptr=ptr("i32"), N="i32", M="i32", D="i32", K="i32", gamma="fp32")
-    cases = [("rvq D=128", R._rvq_kernel, rvq_types, dict(BLOCK_N=R.GPU_BLOCK_N, BLOCK_M=R.GPU_BLOCK_M,
-                                                             BLOCK_D=128), R.GPU_NUM_WARPS)]
-    ints = {n: "i32" for n in ("sqb", "sqh", "sqt", "sqd", "skb", "skh", "skt", "skd", "svb", "svh", "svt", "svd",
-                               "H", "Tq", "Tk", "D", "split_size", "causal_off")}
+    rvq_types.update(
+        codes_ptr=ptr("i64"), unsure_ptr=ptr("i32"), N="i32", M="i32", D="i32", K="i32", gamma="fp32"
+    )
+    cases = [
+        (
+            "rvq D=128",
+            R._rvq_kernel,
+            rvq_types,
+            dict(BLOCK_N=R.GPU_BLOCK_N, BLOCK_M=R.GPU_BLOCK_M, BLOCK_D=128),
+            R.GPU_NUM_WARPS,
+        )
+    ]
+    ints = {
+        n: "i32"
+        for n in (
+            "sqb",
+            "sqh",
+            "sqt",
+            "sqd",
+            "skb",
+            "skh",
+            "skt",
+            "skd",
+            "svb",
+            "svh",
+            "svt",
+            "svd",
+            "H",
+            "Tq",
+            "Tk",
+            "D",
+            "split_size",
+            "causal_off",
+        )
+    }
     for D in (64, 128):
-        fwd = dict(ints, Q="*fp16", K="*fp16", V="*fp16", O="*fp16", LSE="*fp32", qk_scale="fp32")
-        cases.append((f"attention fwd fp16 D={D}", A._fwd_kernel, fwd,
-                      dict(CAUSAL=True, F32=False, BLOCK_M=64, BLOCK_N=64, BLOCK_D=D), 4))
-        bwd = dict(Q="*fp16", K="*fp16", V="*fp16", DO="*fp16", LSE="*fp32", DELTA="*fp32", DK="*fp16", DV="*fp16",
-                   DQ="*fp16", qk_scale="fp32", sm_scale="fp32", H="i32", Tq="i32", Tk="i32", D="i32", causal_off="i32")
-        meta = dict(CAUSAL=True, F32=False, BLOCK_M=64, BLOCK_N=64, BLOCK_D=D)
-        cases.append((f"attention bwd dk/dv fp16 D={D}", A._bwd_dkdv_kernel, bwd, meta, 4))
-        cases.append((f"attention bwd dq fp16 D={D}", A._bwd_dq_kernel, bwd, meta, 4))
+        bm, bn, bd, warps = A.launch_config(D, torch.float16, on_gpu=True)
+        meta = dict(CAUSAL=True, F32=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+        fwd = dict(ints, Q="*fp16", K="*fp16", V="*fp16", Out="*fp16", LSE="*fp32", qk_scale="fp32")
+        cases.append((f"attention fwd fp16 D={D}", A._fwd_kernel, fwd, meta, warps))
+        decode = dict(meta, BLOCK_M=16)  # the decode step's tile of queries
+        cases.append((f"attention decode fp16 D={D}", A._fwd_kernel, fwd, decode, warps))
+        bwd = dict(
+            Q="*fp16",
+            K="*fp16",
+            V="*fp16",
+            DO="*fp16",
+            LSE="*fp32",
+            DELTA="*fp32",
+            DK="*fp16",
+            DV="*fp16",
+            DQ="*fp16",
+            qk_scale="fp32",
+            sm_scale="fp32",
+            H="i32",
+            Tq="i32",
+            Tk="i32",
+            D="i32",
+            causal_off="i32",
+        )
+        cases.append((f"attention bwd dk/dv fp16 D={D}", A._bwd_dkdv_kernel, bwd, meta, warps))
+        cases.append((f"attention bwd dq fp16 D={D}", A._bwd_dq_kernel, bwd, meta, warps))
     return cases
 
 
@@ -151,8 +227,14 @@ def aot_worker(spec: dict) -> dict:
         try:
             src = ASTSource(fn, _signature(fn, types), constexprs)
             kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-            usage = _res_usage(kernel.asm["cubin"])
-            report[name] = {"ok": True, "usage": " ".join(usage.split()[:4]), "s": round(time.perf_counter() - t0)}
+            usage = " ".join(_res_usage(kernel.asm["cubin"]).split()[:2])
+            report[name] = {
+                "ok": True,
+                "usage": f"{usage} dynamic-shared:{kernel.metadata.shared}",
+                "warps": warps,
+                "constexprs": constexprs,
+                "s": round(time.perf_counter() - t0),
+            }
         except Exception as e:  # report, do not hide: a kernel that does not compile is a finding
             report[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     return report

@@ -32,8 +32,10 @@ def import_triton(for_cpu: bool) -> None:
     """Import triton; for CPU tensors first switch on the interpreter (refuse if it is too late)."""
     if for_cpu and not _interpreting():
         if "triton" in sys.modules:
-            raise TokenlmError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 before triton is "
-                               "imported; triton was already imported without it (set it in the environment)")
+            raise TokenlmError(
+                "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 before triton is "
+                "imported; triton was already imported without it (set it in the environment)"
+            )
         os.environ["TRITON_INTERPRET"] = "1"
     if not triton_available():
         raise TokenlmError("backend='triton' needs the triton package (pip install 'tokenlm[triton]')")

@@ -20,7 +20,7 @@ import torch
 
 
 class RVQEncoded(NamedTuple):
-    """Result of :func:`rvq_encode`: ``codes [N, K]`` int64 and ``quantized [N, D]`` (sum of the chosen codes)."""
+    """What :func:`rvq_encode` returns: ``codes [N, K]`` int64, ``quantized [N, D]`` (chosen codes summed)."""
 
     codes: torch.Tensor
     quantized: torch.Tensor
@@ -47,8 +47,10 @@ def squared_norms(codebooks: torch.Tensor) -> torch.Tensor:
 def check_inputs(x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch.Tensor | None) -> None:
     """Raise ``ValueError`` on shapes or dtypes the search does not accept."""
     if x.dim() != 2 or codebooks.dim() != 3:
-        raise ValueError(f"rvq_encode wants x [N, D] and codebooks [K, M, D], got {tuple(x.shape)} and "
-                         f"{tuple(codebooks.shape)}")
+        raise ValueError(
+            f"rvq_encode wants x [N, D] and codebooks [K, M, D], got {tuple(x.shape)} and "
+            f"{tuple(codebooks.shape)}"
+        )
     if x.shape[1] != codebooks.shape[2]:
         raise ValueError(f"rvq_encode: x has D={x.shape[1]} but the codebooks have D={codebooks.shape[2]}")
     if not (x.is_floating_point() and codebooks.is_floating_point()):
@@ -56,8 +58,9 @@ def check_inputs(x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch
     if x.device != codebooks.device:
         raise ValueError(f"rvq_encode: x on {x.device} but codebooks on {codebooks.device}")
     if codebook_norms is not None and tuple(codebook_norms.shape) != tuple(codebooks.shape[:2]):
-        raise ValueError(f"codebook_norms must be [K, M] = {tuple(codebooks.shape[:2])}, "
-                         f"got {tuple(codebook_norms.shape)}")
+        raise ValueError(
+            f"codebook_norms must be [K, M] = {tuple(codebooks.shape[:2])}, got {tuple(codebook_norms.shape)}"
+        )
 
 
 def error_factor(dim: int, dtype: torch.dtype) -> float:
@@ -71,8 +74,8 @@ def error_bound(res_norm: torch.Tensor, code_norm_max: float, dim: int, dtype: t
 
     res_norm: ``||r||`` per row ``[n]``; code_norm_max: ``max ||c||`` of the level.
     A dot product of length D in any summation order errs by at most ``gamma_D * sum|r_i c_i|``
-    (``gamma_D = D u / (1 - D u)``), and ``sum|r_i c_i| <= ||r|| ||c||``; the same for ``||c||^2`` and one more
-    rounding for the sum. Twice the bound separates a certain winner from a near tie.
+    (``gamma_D = D u / (1 - D u)``), and ``sum|r_i c_i| <= ||r|| ||c||``; the same for ``||c||^2`` and one
+    more rounding for the sum. Twice the bound separates a certain winner from a near tie.
     """
     gamma = error_factor(dim, dtype)
     return res_norm * (2 * gamma * code_norm_max) + gamma * code_norm_max**2
@@ -110,7 +113,9 @@ def nearest_two(dist: torch.Tensor) -> Nearest:
     col = dist.view(n, S, G).amin(dim=1)  # [n, G] best over slabs, per column
     best, g = col.min(dim=1)
     col.scatter_(1, g[:, None], float("inf"))
-    offsets = (torch.arange(0, n * M, M, device=dist.device) + g)[:, None] + torch.arange(0, M, G, device=dist.device)
+    offsets = (torch.arange(0, n * M, M, device=dist.device) + g)[:, None] + torch.arange(
+        0, M, G, device=dist.device
+    )
     column = dist.view(-1).index_select(0, offsets.view(-1)).view(n, S)  # [n, S] the winning column
     s = column.argmin(dim=1)
     column.scatter_(1, s[:, None], float("inf"))
@@ -138,8 +143,10 @@ class Levels:
         return torch.addmm(norms64[k], res.double(), cb64[k].t(), alpha=-2.0).argmin(dim=1)
 
     def unsure(self, k: int, res: torch.Tensor, near: Nearest) -> torch.Tensor:
-        """Indices of rows whose margin is within twice the rounding-error bound (their ranking may be wrong)."""
-        bound = error_bound(torch.linalg.vector_norm(res, dim=1), self.code_norm_max[k], res.shape[1], self.dtype)
+        """Indices of rows whose margin is within twice the rounding-error bound (their rank may be wrong)."""
+        bound = error_bound(
+            torch.linalg.vector_norm(res, dim=1), self.code_norm_max[k], res.shape[1], self.dtype
+        )
         return ((near.runner_up - near.best) <= 2 * bound).nonzero().squeeze(1)
 
 
@@ -171,8 +178,10 @@ def rvq_encode_torch(
     return RVQEncoded(codes, quantized)
 
 
-def _encode_chunk(res: torch.Tensor, levels: Levels, codes_out: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-    """All K levels for one chunk of rows; ``res [n, D]`` is consumed as the residual. Returns quantized [n, D]."""
+def _encode_chunk(
+    res: torch.Tensor, levels: Levels, codes_out: torch.Tensor, dist: torch.Tensor
+) -> torch.Tensor:
+    """All K levels for a chunk of rows; ``res [n, D]`` is used up as the residual. -> quantized [n, D]."""
     q = torch.zeros_like(res)
     for k in range(levels.cb.shape[0]):
         torch.addmm(levels.norms[k], res, levels.cb_t[k], alpha=-2.0, out=dist)  # ||c||^2 - 2 r.c, [n, M]

@@ -18,13 +18,30 @@ import triton.language as tl
 from .rvq import RVQEncoded, check_inputs, error_factor, rvq_encode_torch, squared_norms
 
 MAX_DIM = 256
-# GPU launch sizes for D <= 128 (checked for spills with the ahead-of-time compile in bench_gpu)
-GPU_BLOCK_N, GPU_BLOCK_M, GPU_NUM_WARPS = 64, 64, 8
+# GPU launch sizes for D <= 128. The ahead-of-time compile for sm_90 (bench_gpu) gave, for D = 128:
+# 16 x 32 rows x codes, 4 warps: 182 registers, no spill; 32 x 32: 255 + 48 B spilled; 64 x 64: 255 + 2.4 KB.
+# (the IEEE float32 dot runs on FMA units and holds whole D-long rows per thread, hence the small tiles)
+GPU_BLOCK_N, GPU_BLOCK_M, GPU_NUM_WARPS = 16, 32, 4
 
 
 @triton.jit
-def _rvq_kernel(x_ptr, cb_ptr, norm_ptr, cmax_ptr, codes_ptr, q_ptr, unsure_ptr, N, M, D, K, gamma,
-                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rvq_kernel(
+    x_ptr,
+    cb_ptr,
+    norm_ptr,
+    cmax_ptr,
+    codes_ptr,
+    q_ptr,
+    unsure_ptr,
+    N,
+    M,
+    D,
+    K,
+    gamma,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     cols0 = tl.arange(0, BLOCK_M)
@@ -41,10 +58,15 @@ def _rvq_kernel(x_ptr, cb_ptr, norm_ptr, cmax_ptr, codes_ptr, q_ptr, unsure_ptr,
         for m0 in range(0, M, BLOCK_M):
             cols = m0 + cols0
             col_ok = cols < M
-            c = tl.load(cb_ptr + (k * M + cols[:, None]) * D + dims[None, :],
-                        mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+            c = tl.load(
+                cb_ptr + (k * M + cols[:, None]) * D + dims[None, :],
+                mask=col_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
             c_norm = tl.load(norm_ptr + k * M + cols, mask=col_ok, other=float("inf"))
-            dist = c_norm[None, :] - 2.0 * tl.dot(r, tl.trans(c), input_precision="ieee")  # [BLOCK_N, BLOCK_M]
+            dist = c_norm[None, :] - 2.0 * tl.dot(
+                r, tl.trans(c), input_precision="ieee"
+            )  # [BLOCK_N, BLOCK_M]
             t_best, t_idx = tl.min(dist, axis=1, return_indices=True)
             t_second = tl.min(tl.where(cols0[None, :] == t_idx[:, None], float("inf"), dist), axis=1)
             better = t_best < best
@@ -65,8 +87,11 @@ def _rvq_kernel(x_ptr, cb_ptr, norm_ptr, cmax_ptr, codes_ptr, q_ptr, unsure_ptr,
 
 @torch.no_grad()
 def rvq_encode_triton(
-    x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch.Tensor | None = None,
-    block_n: int | None = None, block_m: int | None = None,
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    codebook_norms: torch.Tensor | None = None,
+    block_n: int | None = None,
+    block_m: int | None = None,
 ) -> RVQEncoded:
     """Fused RVQ search; same contract and results as :func:`tokenlm.kernels.rvq.rvq_encode_torch`.
 
@@ -80,6 +105,8 @@ def rvq_encode_triton(
     K, M, _ = codebooks.shape
     if D > MAX_DIM:
         raise ValueError(f"the Triton RVQ kernel supports D <= {MAX_DIM}, got {D}")
+    if max(N * max(D, K), K * M * D) >= 2**31:
+        raise ValueError("the Triton RVQ kernel indexes with int32: split x into parts under 2**31 values")
     cb = codebooks.float().contiguous()
     norms = (squared_norms(cb) if codebook_norms is None else codebook_norms.float()).contiguous()
     code_norm_max = norms.amax(dim=1).clamp_min(0).sqrt().contiguous()
@@ -90,11 +117,29 @@ def rvq_encode_triton(
         quantized.zero_()
         return RVQEncoded(codes, quantized.to(x.dtype))
     block_d = max(16, triton.next_power_of_2(D))
-    block_n = block_n or (32 if x.is_cuda and block_d > 128 else 64)
-    block_m = block_m or (32 if block_d > 128 else 64)
+    if x.is_cuda:  # D > 128 (up to 256) halves the code tile; not checked on a GPU yet
+        block_n, block_m = block_n or GPU_BLOCK_N, block_m or (GPU_BLOCK_M if block_d <= 128 else 16)
+    else:  # the interpreter runs faster on big tiles
+        block_n, block_m = block_n or 64, block_m or 64
     grid = (triton.cdiv(N, block_n),)
-    _rvq_kernel[grid](x.contiguous(), cb, norms, code_norm_max, codes, quantized, unsure, N, M, D, K, error_factor(D, torch.float32),
-                      BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
+    _rvq_kernel[grid](
+        x.contiguous(),
+        cb,
+        norms,
+        code_norm_max,
+        codes,
+        quantized,
+        unsure,
+        N,
+        M,
+        D,
+        K,
+        error_factor(D, torch.float32),
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=GPU_NUM_WARPS,
+    )
     redo = unsure.nonzero().squeeze(1)
     if redo.numel():  # near ties: the twin re-ranks them in float64
         exact = rvq_encode_torch(x[redo], codebooks, codebook_norms)
