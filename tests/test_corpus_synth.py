@@ -142,6 +142,9 @@ def test_mixtures_are_exact_reproducible_and_split_pure(tmp_path):
         mixtures.MixSpec("speech+speech", "eval", 0, 1.5, 16000, 7), pool, tmp_path / "a"
     )
     assert set(ev.extra["speakers"]) == {"spkE", "spkF"} and ev.split == "eval"
+    from tokenlm.corpus.splits import group_overlap, speaker_overlap
+
+    assert group_overlap([clip, ev]) == [] and speaker_overlap([clip, ev]) == []
     snd = mixtures.make_mixture(
         mixtures.MixSpec("speech+sound", "train", 1, 1.5, 16000, 7), pool, tmp_path / "a"
     )

@@ -134,7 +134,7 @@ def _mixture_clip(spec, target: Clip, other: Clip, snr, paths, duration, rng, by
         labels=labels,
         split=spec.split,
         source="mixture",
-        group=f"mix/{spec.type}/{spec.index}",
+        group=f"mix/{spec.type}/{spec.split}/{spec.index:05d}",
         sources=(str(paths[1].resolve()), str(paths[2].resolve())),
         snr_db=snr,
         extra=extra,
