@@ -1,0 +1,87 @@
+"""``tokenlm bench codec``: encode and decode real-time factors, ours beside EnCodec's 24 kHz architecture.
+
+EnCodec runs as transformers' ``EncodecModel`` from its default ``EncodecConfig`` (24 kHz, random weights:
+speed does not depend on them). Each measurement runs in a fresh subprocess with the thread count set
+before torch does any work, and reports the best of ``repeats`` runs (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tokenlm.utils import atomic_write_text, log
+
+SECONDS = 10.0
+
+_WORKER = r"""
+import json, sys, time, torch
+threads, which, model, seconds, repeats, n_q = sys.argv[1:7]
+torch.set_num_threads(int(threads)); seconds = float(seconds)
+if which == "tokenlm":
+    from tokenlm import pretrained
+    from tokenlm.codecs.codec import Codec, CodecConfig
+    try:
+        m = pretrained.load(model)
+    except Exception:
+        m = Codec(CodecConfig()).eval()  # same architecture, random weights: speed is the same
+    sr = m.sample_rate
+    enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
+else:
+    from transformers import EncodecConfig, EncodecModel
+    m = EncodecModel(EncodecConfig()).eval(); sr = 24000
+    bw = float(n_q)
+    enc = lambda x: m.encode(x, bandwidth=bw); dec = lambda e: m.decode(e.audio_codes, e.audio_scales)
+x = torch.randn(1, 1, int(seconds * sr)) * 0.1
+best_e = best_d = 1e9
+with torch.inference_mode():
+    for _ in range(int(repeats)):
+        t = time.perf_counter(); c = enc(x); t1 = time.perf_counter(); y = dec(c); t2 = time.perf_counter()
+        best_e, best_d = min(best_e, t1 - t), min(best_d, t2 - t1)
+print(json.dumps({"encode_s": best_e, "decode_s": best_d}))
+"""
+
+
+def measure(threads: int, which: str, model: str, n_q: str, repeats: int, seconds: float = SECONDS) -> dict:
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(threads), which, model, str(seconds), str(repeats), n_q],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    total = r["encode_s"] + r["decode_s"]
+    return {"encode_rtf": round(seconds / r["encode_s"], 1), "decode_rtf": round(seconds / r["decode_s"], 1),
+            "encode_decode_rtf": round(seconds / total, 1)}
+
+
+def run(model: str = "codec-16k", quick: bool = False) -> dict:
+    repeats = 2 if quick else 5
+    seconds = 2.0 if quick else SECONDS
+    results = {"audio_seconds": seconds, "repeats": repeats, "note": "x real time (higher is faster), best of repeats"}
+    for threads in (1, 2):
+        results[f"tokenlm_1.5kbps_threads{threads}"] = measure(threads, "tokenlm", model, "3", repeats, seconds)
+        results[f"tokenlm_6kbps_threads{threads}"] = measure(threads, "tokenlm", model, "12", repeats, seconds)
+        results[f"encodec24k_1.5kbps_threads{threads}"] = measure(threads, "encodec", model, "1.5", repeats, seconds)
+    for t in (1, 2):
+        results[f"speedup_vs_encodec_threads{t}"] = round(
+            results[f"tokenlm_1.5kbps_threads{t}"]["encode_decode_rtf"]
+            / results[f"encodec24k_1.5kbps_threads{t}"]["encode_decode_rtf"], 1)
+    return results
+
+
+def table(results: dict) -> str:
+    rows = ["| system | threads | encode ×RT | decode ×RT | encode+decode ×RT |", "|---|---|---|---|---|"]
+    for key, r in results.items():
+        if isinstance(r, dict):
+            name, threads = key.rsplit("_threads", 1)
+            rows.append(f"| {name} | {threads} | {r['encode_rtf']} | {r['decode_rtf']} | {r['encode_decode_rtf']} |")
+    return "\n".join(rows)
+
+
+def cli(args) -> int:
+    results = run(quick=args.quick)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        atomic_write_text(Path(args.out), text + "\n")
+    print(text if args.json else table(results))
+    log.info("done")
+    return 0
