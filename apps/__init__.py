@@ -1,0 +1,1 @@
+"""Gradio demo (one tab per task, plus compression); calls tasks.pipeline only."""

@@ -1,0 +1,1 @@
+"""Audio tasks as prompted token tasks (ASR, TTS, voice cloning, separation, captioning, music continuation)."""
