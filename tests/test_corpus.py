@@ -190,3 +190,14 @@ def test_fetch_reports_what_it_could_not_get(tmp_path, monkeypatch):
     report = fetch.FetchReport()
     assert fetch.fetch_deb("nosuchpkg", tmp_path, report) is None
     assert "Unable to locate package" in report.failed["nosuchpkg"]
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from tokenlm.cli import main
+
+    assert main(["data", "stats", "--root", str(tmp_path)]) == 2
+    assert "no manifests" in capsys.readouterr().err
+    assert main(["data", "build", "--root", str(tmp_path), "--only", "speech_real,bogus"]) == 2
+    assert "unknown part" in capsys.readouterr().err
+    assert main(["data", "build", "--root", str(tmp_path), "--recipe", "nosuchrecipe"]) == 2
+    assert not (tmp_path / "manifests").exists()  # nothing written on bad input
