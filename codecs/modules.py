@@ -84,7 +84,7 @@ class STFTFrontEnd(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav [B, L]`` with ``L = (T + 1) * hop`` -> features ``[B, T, F]``."""
-        frames = wav.unfold(-1, self.win, self.hop) * self.window  # [B, T, win]
+        frames = frame_signal(wav, self.hop) * self.window  # [B, T, win]
         spec = torch.fft.rfft(frames, dim=-1)  # [B, T, win/2+1]
         mag = spec.abs().clamp_min(1e-7)
         comp = spec * mag.pow(-0.7)  # |X|^0.3 e^{i phi}
@@ -124,6 +124,12 @@ def overlap_add(frames: torch.Tensor, carry: torch.Tensor | None = None) -> tupl
     first, second = frames[..., :hop], frames[..., hop:]
     prev = torch.cat([carry if carry is not None else frames.new_zeros(B, 1, hop), second[:, :-1]], dim=1)
     return (first + prev).reshape(B, T * hop), second[:, -1:]
+
+
+def frame_signal(wav: torch.Tensor, hop: int) -> torch.Tensor:
+    """``[B, (T+1)*hop]`` -> overlapping frames ``[B, T, 2*hop]`` (a reshape, no unfold: exports to ONNX)."""
+    blocks = wav.reshape(wav.shape[0], -1, hop)  # [B, T+1, hop]
+    return torch.cat([blocks[:, :-1], blocks[:, 1:]], dim=-1)
 
 
 def frames_for(num_samples: int, hop: int) -> int:

@@ -180,3 +180,13 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
     assert not (tmp_path / "bad.wav").exists()
     (tmp_path / "foreign.tlm").write_bytes(b"ID3\x04" + bytes(100))
     assert main(["decompress", str(tmp_path / "foreign.tlm"), "-o", str(tmp_path / "f.wav"), "--model", str(model_dir)]) == 2
+
+
+def test_onnx_export_matches_torch(tmp_path, codec):
+    pytest.importorskip("onnxruntime")
+    from tokenlm.codecs.export import export, verify
+
+    export(codec, tmp_path)
+    r = verify(codec, tmp_path, seconds=0.5)
+    assert r["decoder_max_abs_diff"] < 1e-4
+    assert r["code_agreement"] > 0.95  # DFT-as-matmul vs FFT: rare near-ties may flip
