@@ -201,3 +201,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "unknown part" in capsys.readouterr().err
     assert main(["data", "build", "--root", str(tmp_path), "--recipe", "nosuchrecipe"]) == 2
     assert not (tmp_path / "manifests").exists()  # nothing written on bad input
+
+
+def test_english_texts_for_synthesis(tmp_path):
+    from tokenlm.corpus import texts
+
+    pk = make_fixture_root(tmp_path / "data") / "pkgs"
+    script = pk / "fillets-ng-data/usr/share/games/fillets-ng/script"
+    assert texts.fillets_english(script) == ["One.", "Two.", "Untranslated."]
+    assert texts.tuxpaint_english(pk / "tuxpaint-stamps-default/usr/share/tuxpaint/stamps") == ["A frog."]
