@@ -316,10 +316,12 @@ def cli(args) -> int:
     elif args.init:
         trainer.warm_start(args.init)
     else:
-        from tokenlm.pretrained import registry
+        from tokenlm.checkpoint import read_model_config
+        from tokenlm.pretrained import WEIGHTS_DIR, registry
 
-        if "codec-16k" in registry() and cfg.model == CodecConfig(**to_dict(cfg.model)) and cfg.name == "codec-small":
-            trainer.warm_start("codec-16k")  # continue from the last committed model
+        # no run yet: continue from the last committed model when it has the same architecture
+        if "codec-16k" in registry() and read_model_config(WEIGHTS_DIR / "codec-16k")["config"] == to_dict(cfg.model):
+            trainer.warm_start("codec-16k")
     trainer.fit(args.max_minutes, args.max_steps)
     log.info("checkpoint: %s", trainer.run_dir)
     return 0

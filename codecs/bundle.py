@@ -1,0 +1,94 @@
+"""Bundle a trained codec run as ``tokenlm/weights/<name>`` (fp16 safetensors + config + model card).
+
+    python -m tokenlm.codecs.bundle ~/.cache/tokenlm/runs/codec-small --eval eval/codec_eval.json
+
+The model card records the data, the training time and steps from the run, and the held-out table of
+``tokenlm eval codec`` (run it on the fp16 model after bundling and pass ``--eval`` again to refresh it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from tokenlm.checkpoint import load_weights, read_model_config, save_model
+from tokenlm.pretrained import WEIGHTS_DIR, register
+from tokenlm.utils import atomic_write_text
+
+from .evaluate import markdown
+
+
+def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | None) -> str:
+    meta, cfg = doc.get("meta", {}), doc["config"]
+    lines = [
+        f"# {name}: tokenlm's 16 kHz neural audio codec",
+        "",
+        f"Causal STFT-frame ConvNeXt encoder ({cfg['encoder_layers']} blocks, width {cfg['dim']}) -> residual VQ "
+        f"({cfg['n_q']} codebooks of {cfg['codebook_size']}, EMA, k-means init, dead-code restart, quantizer dropout) "
+        f"-> ConvNeXt decoder ({cfg['decoder_layers']} blocks) with an iSTFT head. {cfg['sample_rate']} Hz mono, "
+        f"{cfg['sample_rate'] // cfg['hop']} frames/s; the first 3 / 6 / 12 codebooks give 1.5 / 3 / 6 kbps. Weights "
+        "stored in fp16 (computed in fp32).",
+        "",
+        "## Training",
+        "",
+        f"- steps: {meta.get('steps')} (batch 16 x 1 s), audio seen: {meta.get('audio_hours_seen')} h, "
+        f"wall time: {meta.get('train_hours')} h on 1 thread of a shared 2-core CPU (no GPU).",
+        "- data (train split of `tokenlm data build --recipe small`): real speech (Fish Fillets NG nl/cs, Tux Paint "
+        "descriptions in 13 languages, KLettres; GPL-2), game music (Wesnoth, SuperTux, SuperTuxKart, Frozen Bubble) "
+        "and sound events; weights speech 0.5 / synthetic speech 0.15 / music 0.25 / sounds 0.1.",
+        "- losses: multi-resolution log+linear mel L1 and power-law compressed complex STFT MSE through EnCodec's "
+        "loss balancer, commitment loss; no adversarial losses yet (the discriminators exist; switching them on "
+        "is the next step for perceptual quality).",
+        "",
+        "## Held-out results",
+        "",
+    ]
+    if eval_results:
+        lines += [
+            f"`tokenlm eval codec` on {eval_results.get('speech_clips')} speech clips of speakers never trained on "
+            f"and {eval_results.get('music_clips')} music clips of held-out tracks (6 s each, 16 kHz, -23 LUFS), "
+            "beside Opus (ffmpeg libopus) and Codec2 in the same run:",
+            "",
+            markdown(eval_results),
+            "",
+        ]
+    else:
+        lines += ["Not evaluated yet.", ""]
+    if bench:
+        lines += ["## Speed (`tokenlm bench codec`)", "", "```", json.dumps(bench, indent=1), "```", ""]
+    lines += ["## Limits", "", "Trained for a short CPU budget: it is far from the quality of Opus at the same "
+              "rate on speech; see the issue notes for the plan (adversarial training, more hours).", ""]
+    return "\n".join(lines)
+
+
+def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, bench_json: Path | None = None) -> Path:
+    src = run / "model" if (run / "model").exists() else run
+    dest = WEIGHTS_DIR / name
+    if src.resolve() != dest.resolve():
+        doc = read_model_config(src)
+        save_model(dest, "codec", doc["config"], load_weights(src), meta=doc.get("meta", {}), dtype=torch.float16)
+    doc = read_model_config(dest)
+    ev = json.loads(Path(eval_json).read_text()) if eval_json else None
+    be = json.loads(Path(bench_json).read_text()) if bench_json else None
+    atomic_write_text(dest / "README.md", model_card(name, doc, ev, be))
+    register(name, "codec")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="bundle a codec run as a tokenlm model")
+    p.add_argument("run", help="run folder (with model/) or model folder; the bundled folder itself refreshes the card")
+    p.add_argument("--name", default="codec-16k")
+    p.add_argument("--eval", default=None, help="codec_eval.json from `tokenlm eval codec`")
+    p.add_argument("--bench", default=None, help="JSON from `tokenlm bench codec --out`")
+    args = p.parse_args(argv)
+    print(bundle(Path(args.run).expanduser(), args.name, args.eval, args.bench))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
