@@ -115,12 +115,15 @@ class Codec(nn.Module):
         T = frames_for(x.shape[-1], self.cfg.hop)
         return torch.nn.functional.pad(x, (0, (T + 1) * self.cfg.hop - x.shape[-1])), T
 
+    def latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [B, C, N]`` -> continuous latents ``[B, ceil(N / hop), latent_dim]`` (before the RVQ)."""
+        z, _ = self.encoder(self._pad(wav)[0])
+        return z
+
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """``wav [B, C, N]`` -> codes ``[B, n_q, ceil(N / hop)]`` int64."""
-        x, _ = self._pad(wav)
-        z, _ = self.encoder(x)
-        return self.quantizer.encode(z, n_q)
+        return self.quantizer.encode(self.latents(wav), n_q)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
@@ -133,9 +136,7 @@ class Codec(nn.Module):
     def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
         """Encode, quantize with ``n_q`` codebooks (training: quantizer dropout), decode; same length as input."""
         N = wav.shape[-1]
-        x, _ = self._pad(wav)
-        z, _ = self.encoder(x)
-        quant = self.quantizer(z, n_q)
+        quant = self.quantizer(self.latents(wav), n_q)
         frames, _ = self.decoder(quant.quantized)
         out, _ = overlap_add(frames)
         return CodecOutput(out[:, None, :N], quant)

@@ -25,6 +25,7 @@ from tokenlm.config import load_config, to_dict
 from tokenlm.utils import cache_dir, log, progress
 
 from .codec import Codec, CodecConfig
+from .peer import EncodecPeer, EncodecPeerConfig
 from .dataset import DataConfig, build_sampler
 from .discriminators import Discriminators
 from .losses import (Balancer, CompressedComplexLoss, MultiResolutionMelLoss, feature_matching_loss, hinge_d_loss,
@@ -47,6 +48,7 @@ def _default_weights() -> dict[str, float]:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "codec-small"
+    arch: str = "tokenlm"  # or "encodec-peer" (PeerTrainConfig)
     model: CodecConfig = field(default_factory=CodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -59,6 +61,17 @@ class TrainConfig:
     eval_clips: int = 8
 
 
+@dataclass(frozen=True)
+class PeerTrainConfig(TrainConfig):
+    """The same training for the EnCodec-architecture peer (``arch: encodec-peer`` in YAML)."""
+
+    arch: str = "encodec-peer"
+    model: EncodecPeerConfig = field(default_factory=EncodecPeerConfig)
+
+
+MODELS = {CodecConfig: (Codec, "codec"), EncodecPeerConfig: (EncodecPeer, "encodec-peer")}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, seed: int = 0):
         from accelerate import Accelerator
@@ -66,7 +79,8 @@ class Trainer:
         self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.model = Codec(cfg.model)
+        model_cls, self.kind = MODELS[type(cfg.model)]
+        self.model = model_cls(cfg.model)
         self.disc: Discriminators | None = None
         self.opt_g = torch.optim.AdamW(self.model.parameters(), cfg.optim.lr, betas=tuple(cfg.optim.betas))
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._warmup)
@@ -100,7 +114,7 @@ class Trainer:
             state["opt_d"] = self.opt_d.state_dict()
         if self.acc.is_main_process:
             save_state(self.state_path, state)
-            save_model(self.run_dir / "model", "codec", to_dict(self.cfg.model), model.state_dict(),
+            save_model(self.run_dir / "model", self.kind, to_dict(self.cfg.model), model.state_dict(),
                        meta=self.meta())
 
     def meta(self) -> dict:
@@ -135,7 +149,7 @@ class Trainer:
         zs = []
         for i in progress(range(self.cfg.kmeans_batches), desc="k-means init"):
             x = sampler.batch(10**8 + i)  # batches never used for training
-            z, _ = self.model.encoder(self.model._pad(x[:, None])[0])
+            z = self.model.latents(x[:, None])
             zs.append(z.reshape(-1, z.shape[-1]))
         self.model.quantizer.kmeans_init(torch.cat(zs))
 
@@ -306,7 +320,10 @@ def save_spectrograms(path: Path, model: Codec, wav: torch.Tensor) -> None:
 
 
 def cli(args) -> int:
-    cfg = load_config(TrainConfig, args.config)
+    from tokenlm.config import read_yaml
+
+    cls = PeerTrainConfig if read_yaml(args.config).get("arch") == "encodec-peer" else TrainConfig
+    cfg = load_config(cls, args.config)
     if args.manifest:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.manifest))
     run_dir = Path(args.out) if args.out else cache_dir() / "runs" / cfg.name

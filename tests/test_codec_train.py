@@ -76,3 +76,22 @@ def test_training_reduces_loss(tmp_path, corpus, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
     first, last = np.mean([r["rec/mel"] for r in rows[:5]]), np.mean([r["rec/mel"] for r in rows[-5:]])
     assert last < 0.8 * first, (first, last)
+
+
+def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch):
+    from tokenlm import pretrained
+    from tokenlm.codecs.peer import EncodecPeer, EncodecPeerConfig
+    from tokenlm.codecs.train import PeerTrainConfig
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    base = tiny_cfg(corpus)
+    model = EncodecPeerConfig(ratios=(4, 4, 2), num_filters=4, latent_dim=8, n_q=4, codebook_size=16)
+    cfg = PeerTrainConfig(name="peer-tiny", model=model, data=base.data, optim=base.optim, n_q_choices=(1, 4),
+                          kmeans_batches=2, log_every=1, eval_clips=1)
+    t = Trainer(cfg, tmp_path / "p", seed=0)
+    t.fit(max_minutes=None, max_steps=2)
+    peer = pretrained.load(tmp_path / "p" / "model")
+    assert isinstance(peer, EncodecPeer)
+    codes = peer.encode(torch.randn(1, 1, 700))
+    assert codes.shape == (1, 4, 22)  # ceil(700 / 32)
+    assert peer.decode(codes, 700).shape == (1, 1, 700)

@@ -26,6 +26,7 @@ REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 # ``from_folder(folder, doc)`` classmethod when it needs more than the weights (e.g. a text tokenizer).
 BUILDERS: dict[str, str] = {
     "codec": "tokenlm.codecs.codec:Codec",
+    "encodec-peer": "tokenlm.codecs.peer:EncodecPeer",
     "semantic": "tokenlm.codecs.semantic:SemanticTokenizer",
     "lm": "tokenlm.model:TokenLM",
 }
