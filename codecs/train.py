@@ -54,6 +54,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     weights: dict = field(default_factory=_default_weights)  # balancer weights, keyed like the losses
     gan_start_step: int = 10**9  # adversarial losses from this step on (discriminators made then)
+    disc_batch: int = 8  # clips of each batch the discriminators see
+    mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
+    stft_channels: int = 8
     n_q_choices: tuple[int, ...] = (3, 6, 12)  # quantizer dropout: one of these per batch
     kmeans_batches: int = 24
     checkpoint_minutes: float = 5.0
@@ -99,7 +102,7 @@ class Trainer:
         return self.run_dir / "state.safetensors"
 
     def _make_disc(self) -> None:
-        self.disc = Discriminators()
+        self.disc = Discriminators(tuple(self.cfg.mpd_channels), self.cfg.stft_channels)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), self.cfg.optim.disc_lr, betas=tuple(self.cfg.optim.betas))
 
     def save(self) -> None:
@@ -166,28 +169,42 @@ class Trainer:
         out = self.model(x[:, None], self.n_q_for_step())
         y = out.wav[:, 0]
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
+        d_grads, stats = None, {}
         if gan:
-            real_logits, real_feats = self.disc(x)
-            fake_logits, fake_feats = self.disc(y)
-            losses["adv/gen"] = hinge_g_loss(fake_logits)
-            losses["adv/feat"] = feature_matching_loss(real_feats, fake_feats)
+            d_grads, d_loss = self._adversarial(x, y, losses)
+            stats["adv/disc"] = d_loss
         self.opt_g.zero_grad(set_to_none=True)
-        stats = self.balancer.backward(losses, y, self.cfg.weights["vq/commit"] * out.quant.commit_loss)
+        stats.update(self.balancer.backward(losses, y, self.cfg.weights["vq/commit"] * out.quant.commit_loss))
         self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()
         self.sched_g.step()
-        if gan:
-            self.opt_d.zero_grad(set_to_none=True)
-            real_logits, _ = self.disc(x)
-            fake_logits, _ = self.disc(y.detach())
-            d_loss = hinge_d_loss(real_logits, fake_logits)
-            self.acc.backward(d_loss)
+        if gan:  # the generator's backward also reached the discriminator: replace with its own gradients
+            for p, g in zip(self.disc.parameters(), d_grads):
+                p.grad = g
             self.opt_d.step()
-            stats["adv/disc"] = d_loss.item()
         stats.update({k: v.item() for k, v in losses.items()})
         stats["vq/commit"] = out.quant.commit_loss.item()
         stats["vq/perplexity"] = out.quant.perplexity.mean().item()
         return stats
+
+    def _adversarial(self, x: torch.Tensor, y: torch.Tensor, losses: dict) -> tuple[list, float]:
+        """One discriminator pass on real and one on generated audio serve both players: the generator's
+        adversarial and feature-matching losses are added to ``losses``, and the discriminator's hinge-loss
+        gradients are returned (computed now, applied after the generator step). Half the discriminator
+        work of separate passes; the discriminator sees ``disc_batch`` clips of the batch."""
+        n = min(self.cfg.disc_batch, x.shape[0])
+        real_logits, real_feats = self.disc(x[:n])
+        fake_logits, fake_feats = self.disc(y[:n])
+        losses["adv/gen"] = hinge_g_loss(fake_logits)
+        losses["adv/feat"] = feature_matching_loss(real_feats, fake_feats)
+        d_loss = hinge_d_loss(real_logits, fake_logits)
+        params = list(self.disc.parameters())
+        grads = torch.autograd.grad(d_loss, params, retain_graph=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for g in grads:  # autograd.grad bypasses DDP's reducer
+                torch.distributed.all_reduce(g)
+                g /= torch.distributed.get_world_size()
+        return list(grads), d_loss.item()
 
     def fit(self, max_minutes: float | None, max_steps: int | None) -> None:
         sampler = build_sampler(self.cfg.data, self.cfg.model.sample_rate, "train",

@@ -95,3 +95,24 @@ def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch
     codes = peer.encode(torch.randn(1, 1, 700))
     assert codes.shape == (1, 4, 22)  # ceil(700 / 32)
     assert peer.decode(codes, 700).shape == (1, 1, 700)
+
+
+def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2)
+    t = Trainer(cfg, tmp_path / "g", seed=0)
+    t.fit(max_minutes=None, max_steps=1)
+    assert t.disc is None
+    t.fit(max_minutes=None, max_steps=3)
+    assert t.disc is not None
+    d_before = {k: v.clone() for k, v in t.disc.state_dict().items()}
+    t.fit(max_minutes=None, max_steps=4)
+    assert any(not torch.equal(d_before[k], v) for k, v in t.disc.state_dict().items())
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "g" / "train_log.jsonl").read_text().splitlines()]
+    assert "adv/disc" in rows[-1] and "adv/gen" in rows[-1] and "grad_norm/adv/feat" in rows[-1]
+    resumed = Trainer(cfg, tmp_path / "g", seed=0)
+    resumed.resume()
+    assert resumed.disc is not None and resumed.step == 4
