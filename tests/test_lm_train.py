@@ -140,3 +140,40 @@ def test_cli_train_lm_then_load_the_model(tmp_path):
     m = load(tmp_path / "r" / "model")
     assert m.cfg.n_streams == 2 and m.vocab.n_q == 2
     assert main(["train", "lm", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_bf16_autocast_training_runs_and_learns(tmp_path):
+    cfg = tiny_cfg(max_steps=8, eval_every=0, mixed_precision="bf16")
+    hist = train(cfg, tmp_path / "bf16", fresh=True).history
+    losses = [h["lm/loss"] for h in hist]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_tokenize_cli_without_a_codec_says_so(tmp_path):
+    from tokenlm.cli import main
+
+    manifest = tmp_path / "m.jsonl"
+    clip = {
+        "id": "a",
+        "path": str(tmp_path / "a.wav"),
+        "duration": 0.1,
+        "sample_rate": 16000,
+        "kind": "music",
+    }
+    manifest.write_text(json.dumps(clip) + "\n")
+    rc = main(["tokenize", str(manifest), "-o", str(tmp_path / "sh"), "--codec", str(tmp_path / "no-codec")])
+    assert rc == 2 and not (tmp_path / "sh").exists()
+
+
+def test_train_on_shards_with_fewer_codebooks(tmp_path):
+    rng = np.random.default_rng(0)
+    items = [
+        ({"id": str(i), "split": "eval" if i < 2 else "train"}, rng.integers(0, 32, (3, int(n))), None)
+        for i, n in enumerate(rng.integers(10, 80, size=8))
+    ]
+    write_shards(tmp_path / "sh", items, {"n_q": 3, "codebook_size": 32, "frame_rate": 50.0})
+    base = tiny_cfg()
+    data = replace(base.data, source="shards", shards=str(tmp_path / "sh"), n_q=2)
+    run = train(replace(base, data=data, max_steps=3, eval_every=3), tmp_path / "run", fresh=True)
+    assert run.data.vocab.n_q == 2 and run.model_cfg.n_streams == 2
+    assert np.isfinite(run.history[-1]["eval/loss"])

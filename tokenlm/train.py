@@ -42,6 +42,7 @@ class DataConfig:
     seq_len: int = 256  # positions per row
     batch_size: int = 8  # rows per micro-batch (per process)
     pattern: str = "delay"
+    n_q: int = 0  # codebooks the LM models (the first n_q of the shards'); 0: all of them
     # synthetic token streams: sizes of the pretend tokenizers
     synthetic_n_q: int = 2
     synthetic_codebook_size: int = 64
@@ -67,7 +68,6 @@ class TrainConfig:
     log_every: int = 10
     ckpt_minutes: float = 5.0
     seed: int = 0
-    fsdp: bool = False  # documented for many GPUs: launch with an accelerate FSDP config
 
 
 # --------------------------------------------------------------------------- data
@@ -89,10 +89,11 @@ class BatchSource:
             self.shards = Shards(folder if folder.is_absolute() else cache_dir() / folder)
             m = self.shards.meta
             sem = SimpleNamespace(n_q=1, codebook_size=m["semantic_size"]) if "semantic_size" in m else None
+            self.n_q = min(self.d.n_q or m["n_q"], m["n_q"])
             self.vocab = Vocab.build(
                 self.d.text_size,
                 semantic=sem,
-                codec=SimpleNamespace(n_q=m["n_q"], codebook_size=m["codebook_size"]),
+                codec=SimpleNamespace(n_q=self.n_q, codebook_size=m["codebook_size"]),
             )
             self.split_items = {
                 s: [i for i, it in enumerate(self.shards.index) if it.get("split", "train") == s]
@@ -124,7 +125,7 @@ class BatchSource:
 
     def _from_shards(self, rng: np.random.Generator, split: str) -> torch.Tensor:
         items = self.split_items[split] or self.split_items["train"]
-        codes = self.shards[int(items[int(rng.integers(len(items)))])].codes
+        codes = self.shards[int(items[int(rng.integers(len(items)))])].codes[: self.n_q]
         T = codes.shape[1]
         if T > self.frames:  # a random crop keeps long clips useful
             s = int(rng.integers(0, T - self.frames + 1))
@@ -244,10 +245,11 @@ def save_checkpoint(run: Run) -> None:
     """Training state + model folder + loss curves, written by the main process, atomically."""
     acc = run.acc
     acc.wait_for_everyone()
+    weights = acc.get_state_dict(run.model)  # a collective under FSDP: every rank must call it
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
         state = {
-            "model": model.state_dict(),
+            "model": weights,
             "optimizer": run.opt.state_dict(),
             "scheduler": run.sched.state_dict(),
             "step": run.step,
@@ -261,6 +263,7 @@ def save_checkpoint(run: Run) -> None:
             run.out / "model",
             run.data.vocab,
             meta={"step": run.step, "name": run.cfg.name},
+            state_dict=weights,
             pattern=run.cfg.data.pattern,
         )
         write_curves(run.out, run.history)
