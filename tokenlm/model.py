@@ -288,7 +288,8 @@ class TokenLM(nn.Module):
     def rope(self, device: torch.device) -> torch.Tensor:
         """The complex64 rotation table ``[max_seq_len, head_dim/2]`` on ``device`` (made once)."""
         if device not in self._rope:
-            self._rope[device] = rope_table(self.cfg, self.cfg.max_seq_len).to(device)
+            with torch.inference_mode(False):  # made during generation, it must still serve training
+                self._rope[device] = rope_table(self.cfg, self.cfg.max_seq_len).to(device)
         return self._rope[device]
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:

@@ -170,7 +170,10 @@ class Run:
 
 def build_run(cfg: TrainConfig, out: Path, init: str | None = None) -> Run:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # a second run in the same process may ask for another precision (the process group is kept)
+    AcceleratorState._reset_state()
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     data = BatchSource(cfg)
     torch.manual_seed(cfg.seed)
