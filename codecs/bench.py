@@ -1,7 +1,7 @@
 """``tokenlm bench codec``: encode and decode real-time factors, ours beside EnCodec's 24 kHz architecture.
 
 EnCodec runs as transformers' ``EncodecModel`` from its default ``EncodecConfig`` (24 kHz, random weights:
-speed does not depend on them). Each measurement runs in a fresh subprocess with the thread count set
+speed does not depend on them). Both run in fp32 and under bf16 autocast (fast on CPUs with AVX-512 BF16). Each measurement runs in a fresh subprocess with the thread count set
 before torch does any work, and reports the best of ``repeats`` runs (the machine may be shared).
 """
 
@@ -18,7 +18,7 @@ SECONDS = 10.0
 
 _WORKER = r"""
 import json, sys, time, torch
-threads, which, model, seconds, repeats, n_q = sys.argv[1:7]
+threads, which, model, seconds, repeats, n_q, precision = sys.argv[1:8]
 torch.set_num_threads(int(threads)); seconds = float(seconds)
 if which == "tokenlm":
     from tokenlm import pretrained
@@ -36,7 +36,7 @@ else:
     enc = lambda x: m.encode(x, bandwidth=bw); dec = lambda e: m.decode(e.audio_codes, e.audio_scales)
 x = torch.randn(1, 1, int(seconds * sr)) * 0.1
 best_e = best_d = 1e9
-with torch.inference_mode():
+with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
     for _ in range(int(repeats)):
         t = time.perf_counter(); c = enc(x); t1 = time.perf_counter(); y = dec(c); t2 = time.perf_counter()
         best_e, best_d = min(best_e, t1 - t), min(best_d, t2 - t1)
@@ -44,8 +44,10 @@ print(json.dumps({"encode_s": best_e, "decode_s": best_d}))
 """
 
 
-def measure(threads: int, which: str, model: str, n_q: str, repeats: int, seconds: float = SECONDS) -> dict:
-    out = subprocess.run([sys.executable, "-c", _WORKER, str(threads), which, model, str(seconds), str(repeats), n_q],
+def measure(threads: int, which: str, model: str, n_q: str, repeats: int, seconds: float = SECONDS,
+            precision: str = "fp32") -> dict:
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(threads), which, model, str(seconds), str(repeats), n_q,
+                          precision],
                          capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     total = r["encode_s"] + r["decode_s"]
@@ -58,13 +60,13 @@ def run(model: str = "codec-16k", quick: bool = False) -> dict:
     seconds = 2.0 if quick else SECONDS
     results = {"audio_seconds": seconds, "repeats": repeats, "note": "x real time (higher is faster), best of repeats"}
     for threads in (1, 2):
-        results[f"tokenlm_1.5kbps_threads{threads}"] = measure(threads, "tokenlm", model, "3", repeats, seconds)
-        results[f"tokenlm_6kbps_threads{threads}"] = measure(threads, "tokenlm", model, "12", repeats, seconds)
-        results[f"encodec24k_1.5kbps_threads{threads}"] = measure(threads, "encodec", model, "1.5", repeats, seconds)
-    for t in (1, 2):
-        results[f"speedup_vs_encodec_threads{t}"] = round(
-            results[f"tokenlm_1.5kbps_threads{t}"]["encode_decode_rtf"]
-            / results[f"encodec24k_1.5kbps_threads{t}"]["encode_decode_rtf"], 1)
+        for prec in ("fp32", "bf16"):
+            for name, which, n_q in (("tokenlm_1.5kbps", "tokenlm", "3"), ("tokenlm_6kbps", "tokenlm", "12"),
+                                     ("encodec24k_1.5kbps", "encodec", "1.5")):
+                results[f"{name}_{prec}_threads{threads}"] = measure(threads, which, model, n_q, repeats, seconds, prec)
+            results[f"speedup_vs_encodec_{prec}_threads{threads}"] = round(
+                results[f"tokenlm_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"]
+                / results[f"encodec24k_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"], 1)
     return results
 
 

@@ -73,6 +73,10 @@ class Codec(nn.Module):
     """Implements the AudioTokenizer interface (``tokenlm.codecs.base``)."""
 
     config_class = CodecConfig
+    # Inference precision of encode/decode: "fp32" (default; chunked streaming equals the whole-file call
+    # exactly) or "bf16" (autocast: ~2x faster on CPUs with AVX-512 BF16, same quality within noise, but
+    # rounding may flip a rare near-tie code between chunkings). Training uses its own setting.
+    precision: str = "fp32"
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
@@ -115,6 +119,10 @@ class Codec(nn.Module):
         T = frames_for(x.shape[-1], self.cfg.hop)
         return torch.nn.functional.pad(x, (0, (T + 1) * self.cfg.hop - x.shape[-1])), T
 
+    def autocast(self):
+        device = self.quantizer.codebooks.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def latents(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav [B, C, N]`` -> continuous latents ``[B, ceil(N / hop), latent_dim]`` (before the RVQ)."""
         z, _ = self.encoder(self._pad(wav)[0])
@@ -123,12 +131,15 @@ class Codec(nn.Module):
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """``wav [B, C, N]`` -> codes ``[B, n_q, ceil(N / hop)]`` int64."""
-        return self.quantizer.encode(self.latents(wav), n_q)
+        with self.autocast():
+            z = self.latents(wav)
+        return self.quantizer.encode(z, n_q)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """codes ``[B, K, T]`` (any K <= n_q) -> ``wav [B, 1, T*hop]`` (or ``length`` samples)."""
-        frames, _ = self.decoder(self.quantizer.decode(codes))
+        with self.autocast():
+            frames, _ = self.decoder(self.quantizer.decode(codes))
         wav, _ = overlap_add(frames)
         return wav[:, None, :length] if length is not None else wav[:, None]
 
@@ -161,7 +172,8 @@ class StreamingEncoder:
     def _frames(self, n_frames: int) -> torch.Tensor:
         need = (n_frames + 1) * self.hop
         x, self.buffer = self.buffer[:, :need], self.buffer[:, n_frames * self.hop:]
-        z, self.state = self.codec.encoder(x, self.state)
+        with self.codec.autocast():
+            z, self.state = self.codec.encoder(x, self.state)
         self.frames_done += n_frames
         return self.codec.quantizer.encode(z, self.n_q)
 
@@ -194,6 +206,7 @@ class StreamingDecoder:
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 0)
-        frames, self.state = self.codec.decoder(self.codec.quantizer.decode(codes), self.state)
+        with self.codec.autocast():
+            frames, self.state = self.codec.decoder(self.codec.quantizer.decode(codes), self.state)
         wav, self.carry = overlap_add(frames, self.carry)
         return wav

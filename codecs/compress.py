@@ -27,14 +27,18 @@ CHUNK_SECONDS = 10.0
 LONG_FILE_SECONDS = 1200.0  # longer inputs are decoded by ffmpeg in a stream instead of loaded whole
 
 
-def load_codec(name_or_path: str) -> tuple[Codec, bytes]:
-    """The codec and the first 8 bytes of its weights' sha256 (recorded in every .tlm file)."""
+def load_codec(name_or_path: str, precision: str = "fp32") -> tuple[Codec, bytes]:
+    """The codec and the first 8 bytes of its weights' sha256 (recorded in every .tlm file).
+
+    ``precision``: "fp32", "bf16", or "auto" (bf16 where the CPU computes it natively)."""
     from tokenlm import pretrained
+    from tokenlm.utils import cpu_has_fast_bf16
 
     folder = pretrained.resolve(name_or_path)
     model = pretrained.load(folder)
     if not isinstance(model, Codec):
         raise TokenlmError(f"{name_or_path} is not a codec")
+    model.precision = ("bf16" if cpu_has_fast_bf16() else "fp32") if precision == "auto" else precision
     return model, bytes.fromhex(sha256_file(folder / WEIGHTS_FILE)[:16])
 
 
@@ -66,11 +70,11 @@ def _ffmpeg_stream(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
             yield x
 
 
-def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5) -> Header:
+def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5, precision: str = "fp32") -> Header:
     from .audio import _check_path
 
     _check_path(Path(inp))  # bad input is reported before the model is loaded
-    codec, mhash = load_codec(model)
+    codec, mhash = load_codec(model, precision)
     try:
         n_q = codec.n_q_for_kbps(kbps)
     except ValueError as e:
@@ -94,13 +98,13 @@ def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5) 
     return header
 
 
-def decompress(inp: Path, out: Path, model: str | None = None) -> Header:
+def decompress(inp: Path, out: Path, model: str | None = None, precision: str = "fp32") -> Header:
     inp = Path(inp)
     if not inp.is_file():
         raise TokenlmError(f"{inp}: no such file")
     with open(inp, "rb") as f:
         h = read_header(f, str(inp))
-        codec, mhash = load_codec(model or h.model_id)
+        codec, mhash = load_codec(model or h.model_id, precision)
         if mhash != h.model_hash:
             raise TokenlmError(f"{inp} was written by a different {h.model_id} model (weights hash mismatch)")
         if (codec.sample_rate, codec.cfg.hop) != (h.sample_rate, h.hop) or h.n_q > codec.n_q:
@@ -119,7 +123,7 @@ def decompress(inp: Path, out: Path, model: str | None = None) -> Header:
 
 def cli_compress(args) -> int:
     out = Path(args.output)
-    h = compress(Path(args.input), out, args.model, float(args.kbps))
+    h = compress(Path(args.input), out, args.model, float(args.kbps), args.precision)
     seconds = h.num_samples / h.sample_rate
     log.info("%s: %.2f s -> %d frames x %d codebooks, %d bytes, %.3f kbps (header included)",
              out, seconds, h.num_frames, h.n_q, out.stat().st_size, bitrate_of(out, h))
@@ -127,6 +131,6 @@ def cli_compress(args) -> int:
 
 
 def cli_decompress(args) -> int:
-    h = decompress(Path(args.input), Path(args.output), args.model)
+    h = decompress(Path(args.input), Path(args.output), args.model, args.precision)
     log.info("%s: %.2f s at %d Hz from %d codebooks", args.output, h.num_samples / h.sample_rate, h.sample_rate, h.n_q)
     return 0

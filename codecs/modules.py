@@ -106,7 +106,8 @@ class ISTFTHead(nn.Module):
         self.register_buffer("window", torch.hann_window(self.win, periodic=True), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_mag, re, im = self.proj(x).split(self.n_bins, dim=-1)
+        # the projection may run in bf16 under autocast; the spectrum and the inverse FFT stay in fp32
+        log_mag, re, im = self.proj(x).float().split(self.n_bins, dim=-1)
         mag = torch.exp(log_mag.clamp(max=6.0))
         norm = torch.sqrt(re * re + im * im + 1e-9)
         spec = torch.complex(mag * re / norm, mag * im / norm)

@@ -160,7 +160,7 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
         # the tiny codec's rates are multiples of 1.6 kbps; the real CLI offers 1.5/3/6
         cli_mod.KBPS_CHOICES = (f"{kbps:g}",)
         assert main(["compress", str(tmp_path / "in.wav"), "-o", str(tlm), "--model", str(model_dir),
-                     "--kbps", f"{kbps:g}"]) == 0
+                     "--kbps", f"{kbps:g}", "--precision", "fp32"]) == 0
     finally:
         cli_mod.KBPS_CHOICES = old
     with open(tlm, "rb") as f:
@@ -168,7 +168,7 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
     assert h.n_q == 2 and h.num_samples == len(x) and h.num_frames == int(np.ceil(len(x) / 40))
     payload = int(np.ceil(h.num_frames * 2 * 4 / 8))
     assert tlm.stat().st_size <= payload + 64 + 4 * (h.num_frames // h.frames_per_block + 1)
-    assert main(["decompress", str(tlm), "-o", str(out), "--model", str(model_dir)]) == 0
+    assert main(["decompress", str(tlm), "-o", str(out), "--model", str(model_dir), "--precision", "fp32"]) == 0
     y, sr_out = sf.read(out)
     assert sr_out == sr and len(y) == len(x)
     expect = codec.decode(codec.encode(torch.from_numpy(x)[None, None], 2), len(x))[0, 0].numpy()
@@ -190,3 +190,17 @@ def test_onnx_export_matches_torch(tmp_path, codec):
     r = verify(codec, tmp_path, seconds=0.5)
     assert r["decoder_max_abs_diff"] < 1e-4
     assert r["code_agreement"] > 0.95  # DFT-as-matmul vs FFT: rare near-ties may flip
+
+
+def test_bf16_inference_close_to_fp32(codec):
+    wav = torch.randn(1, 1, 2000) * 0.2
+    ref = codec.decode(codec.encode(wav))
+    try:
+        codec.precision = "bf16"
+        codes = codec.encode(wav)
+        out = codec.decode(codes)
+    finally:
+        codec.precision = "fp32"
+    assert codes.dtype == torch.long and out.dtype == torch.float32
+    assert (codes == codec.encode(wav)).float().mean() > 0.8
+    assert (out - ref).abs().mean() < 0.2 * ref.abs().mean() + 1e-3

@@ -100,7 +100,8 @@ def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch
 def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2)
+    cfg = dataclasses.replace(tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2,
+                              precision="bf16")
     t = Trainer(cfg, tmp_path / "g", seed=0)
     t.fit(max_minutes=None, max_steps=1)
     assert t.disc is None

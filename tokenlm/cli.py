@@ -57,12 +57,19 @@ def _compress_args(p):
     p.add_argument("-o", "--output", required=True, help="output .tlm file")
     p.add_argument("--kbps", default="1.5", choices=KBPS_CHOICES, help="bitrate (default 1.5)")
     p.add_argument("--model", default="codec-16k", help="bundled codec name or model folder")
+    _precision(p)
+
+
+def _precision(p):
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="inference precision (auto: bf16 where the CPU has native bf16, ~2x faster)")
 
 
 def _decompress_args(p):
     p.add_argument("input", help=".tlm file written by `tokenlm compress`")
     p.add_argument("-o", "--output", required=True, help="output audio file (.wav or .flac)")
     p.add_argument("--model", default=None, help="codec folder, if not the bundled one named in the file")
+    _precision(p)
 
 
 def _in_model(p, model: str):

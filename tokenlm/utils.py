@@ -84,3 +84,12 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("TOKENLM_CACHE", Path.home() / ".cache" / "tokenlm"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU does bf16 matrix products natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
