@@ -1,6 +1,7 @@
 """Bundle a trained semantic tokenizer as ``tokenlm/weights/<name>`` (fp16) with a model card.
 
-Used once per release, by hand: ``python -m tokenlm.codecs.semantic_bundle RUN/model EVAL.json``.
+Used once per release, by hand:
+``python -m tokenlm.codecs.semantic_bundle RUN/model EVAL_DIR/semantic_eval.json "training notes" EVAL_DIR/units.png``.
 The card's numbers come from the eval report passed in (``tokenlm eval semantic --json``), never typed.
 """
 
@@ -49,14 +50,20 @@ heard ({', '.join(report['eval_voices'])}); frame labels are espeak-ng's own pho
 | unit edit distance, same sentence, 2 voices | {si['same_sentence_cross_voice']:.3f} | {bsi['same_sentence_cross_voice']:.3f} |
 | unit edit distance, 2 sentences, same voice | {si['diff_sentence_same_voice']:.3f} | {bsi['diff_sentence_same_voice']:.3f} |
 
+PNMI is {report['pnmi'] / max(base['pnmi'], 1e-9):.2f}x the MFCC k-means floor.
+
 ## Limits
-Evaluated on synthetic (espeak-ng) English only: there are no phone timings for the real speech here.
+Evaluated on synthetic (espeak-ng) English only: there are no phone timings for the real speech here, and
+espeak-ng voices share one synthesis engine (a speaker-embedding model hears its variants as nearly one
+speaker), so "held-out voices" are held-out accents and variants, not new human speakers.
 Small model, short CPU training: far from HuBERT-base units.
 """
 
 
-def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = "semantic-16k") -> Path:
-    """Copy ``model_folder`` to ``tokenlm/weights/<name>`` in fp16 with a card; register its sha256."""
+def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = "semantic-16k",
+           plot: str | Path | None = None) -> Path:
+    """Copy ``model_folder`` to ``tokenlm/weights/<name>`` in fp16 with a card (and the eval's unit plot,
+    ``units.png``, when given); register its sha256."""
     doc = read_model_config(model_folder)
     if doc["kind"] != "semantic":
         raise TokenlmError(f"{model_folder}: kind {doc['kind']!r}, expected 'semantic'")
@@ -64,9 +71,14 @@ def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = 
                                                                      "cluster_purity", "speaker_invariance")}}
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(tmp) / "README.md"
-        card.write_text(model_card(name, doc, report, train_info))
+        text = model_card(name, doc, report, train_info)
+        extra = {"README.md": card}
+        if plot is not None:
+            extra["units.png"] = Path(plot)
+            text += "\n![units over a held-out clip, phone boundaries as lines](units.png)\n"
+        card.write_text(text)
         dest = save_model(WEIGHTS_DIR / name, "semantic", doc["config"], load_weights(model_folder), meta=meta,
-                          extra_files={"README.md": card}, dtype=torch.float16)
+                          extra_files=extra, dtype=torch.float16)
     size = sum(f.stat().st_size for f in dest.iterdir())
     if size > MAX_BYTES:
         raise TokenlmError(f"{dest}: {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget")
@@ -75,5 +87,6 @@ def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = 
 
 
 if __name__ == "__main__":
-    folder, report_path, info = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
-    print(bundle(folder, json.loads(Path(report_path).read_text()), info))
+    folder, report_path = sys.argv[1], sys.argv[2]
+    info, plot = (sys.argv[3:] + ["", None])[:2]
+    print(bundle(folder, json.loads(Path(report_path).read_text()), info, plot=plot))
