@@ -95,16 +95,41 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise AudioError(f"{path}: not a readable audio file (libsndfile cannot read it and ffmpeg is not installed)")
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-         "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
     )
     fields = probe.stdout.strip().split(",")
     if probe.returncode != 0 or len(fields) != 2 or not all(f.strip().isdigit() for f in fields):
         raise AudioError(f"{path}: not a readable audio file")
     sr, ch = int(fields[0]), int(fields[1])
     out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            "-",
+        ],
         capture_output=True,
     )
     if out.returncode != 0:
@@ -163,7 +188,9 @@ def save_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise AudioError(f"{path}: cannot write {path.suffix or 'files without an extension'} (use .wav, .flac or .ogg)")
+        raise AudioError(
+            f"{path}: cannot write {path.suffix or 'files without an extension'} (use .wav, .flac or .ogg)"
+        )
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim == 1:
         x = x[None]

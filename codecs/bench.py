@@ -1,8 +1,9 @@
 """``tokenlm bench codec``: encode and decode real-time factors, ours beside EnCodec's 24 kHz architecture.
 
 EnCodec runs as transformers' ``EncodecModel`` from its default ``EncodecConfig`` (24 kHz, random weights:
-speed does not depend on them). Both run in fp32 and under bf16 autocast (fast on CPUs with AVX-512 BF16). Each measurement runs in a fresh subprocess with the thread count set
-before torch does any work, and reports the best of ``repeats`` runs (the machine may be shared).
+speed does not depend on them). Both run in fp32 and under bf16 autocast (fast on CPUs with AVX-512 BF16).
+Each measurement runs in a fresh subprocess with the thread count set before torch does any work, and
+reports the best of ``repeats`` runs (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -44,15 +45,22 @@ print(json.dumps({"encode_s": best_e, "decode_s": best_d}))
 """
 
 
-def measure(threads: int, which: str, model: str, n_q: str, repeats: int, seconds: float = SECONDS,
-            precision: str = "fp32") -> dict:
-    out = subprocess.run([sys.executable, "-c", _WORKER, str(threads), which, model, str(seconds), str(repeats), n_q,
-                          precision],
-                         capture_output=True, text=True, check=True)
+def measure(
+    threads: int, which: str, model: str, n_q: str, repeats: int, seconds: float = SECONDS, precision: str = "fp32"
+) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(threads), which, model, str(seconds), str(repeats), n_q, precision],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     total = r["encode_s"] + r["decode_s"]
-    return {"encode_rtf": round(seconds / r["encode_s"], 1), "decode_rtf": round(seconds / r["decode_s"], 1),
-            "encode_decode_rtf": round(seconds / total, 1)}
+    return {
+        "encode_rtf": round(seconds / r["encode_s"], 1),
+        "decode_rtf": round(seconds / r["decode_s"], 1),
+        "encode_decode_rtf": round(seconds / total, 1),
+    }
 
 
 def run(model: str = "codec-16k", quick: bool = False) -> dict:
@@ -61,12 +69,17 @@ def run(model: str = "codec-16k", quick: bool = False) -> dict:
     results = {"audio_seconds": seconds, "repeats": repeats, "note": "x real time (higher is faster), best of repeats"}
     for threads in (1, 2):
         for prec in ("fp32", "bf16"):
-            for name, which, n_q in (("tokenlm_1.5kbps", "tokenlm", "3"), ("tokenlm_6kbps", "tokenlm", "12"),
-                                     ("encodec24k_1.5kbps", "encodec", "1.5")):
+            for name, which, n_q in (
+                ("tokenlm_1.5kbps", "tokenlm", "3"),
+                ("tokenlm_6kbps", "tokenlm", "12"),
+                ("encodec24k_1.5kbps", "encodec", "1.5"),
+            ):
                 results[f"{name}_{prec}_threads{threads}"] = measure(threads, which, model, n_q, repeats, seconds, prec)
             results[f"speedup_vs_encodec_{prec}_threads{threads}"] = round(
                 results[f"tokenlm_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"]
-                / results[f"encodec24k_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"], 1)
+                / results[f"encodec24k_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"],
+                1,
+            )
     return results
 
 

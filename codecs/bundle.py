@@ -60,8 +60,13 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         lines += ["Not evaluated yet.", ""]
     if bench:
         lines += ["## Speed (`tokenlm bench codec`)", "", "```", json.dumps(bench, indent=1), "```", ""]
-    lines += ["## Limits", "", "Trained for a short CPU budget: it is far from the quality of Opus at the same "
-              "rate on speech; see the issue notes for the plan (adversarial training, more hours).", ""]
+    lines += [
+        "## Limits",
+        "",
+        "Trained for a short CPU budget: it is far from the quality of Opus at the same "
+        "rate on speech; see the issue notes for the plan (adversarial training, more hours).",
+        "",
+    ]
     return "\n".join(lines)
 
 

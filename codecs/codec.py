@@ -171,7 +171,7 @@ class StreamingEncoder:
     @torch.no_grad()
     def _frames(self, n_frames: int) -> torch.Tensor:
         need = (n_frames + 1) * self.hop
-        x, self.buffer = self.buffer[:, :need], self.buffer[:, n_frames * self.hop:]
+        x, self.buffer = self.buffer[:, :need], self.buffer[:, n_frames * self.hop :]
         with self.codec.autocast():
             z, self.state = self.codec.encoder(x, self.state)
         self.frames_done += n_frames

@@ -52,7 +52,7 @@ def _audio_chunks(path: Path, sample_rate: int) -> tuple[Iterator[np.ndarray], i
     if not long:
         x = load_audio(path, sample_rate=sample_rate).samples[0]
         step = int(CHUNK_SECONDS * sample_rate)
-        return (x[i:i + step] for i in range(0, len(x), step)), len(x)
+        return (x[i : i + step] for i in range(0, len(x), step)), len(x)
     total = int(round(info.frames * sample_rate / info.samplerate))
     return _ffmpeg_stream(path, sample_rate), total
 
@@ -60,7 +60,21 @@ def _audio_chunks(path: Path, sample_rate: int) -> tuple[Iterator[np.ndarray], i
 def _ffmpeg_stream(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
     if shutil.which("ffmpeg") is None:
         raise TokenlmError("ffmpeg is needed to stream long inputs")
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "f32le",
+        "-",
+    ]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
         step = int(CHUNK_SECONDS * sample_rate) * 4
         while chunk := proc.stdout.read(step):
@@ -83,12 +97,22 @@ def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5, 
     from .modules import frames_for
 
     model_id = Path(model).name if Path(model).is_dir() else model  # decompress finds bundled models by id
-    header = Header(n_q, int(np.log2(codec.codebook_size)), codec.sample_rate, codec.cfg.hop,
-                    frames_for(total, codec.cfg.hop), total, model_id, mhash)
+    header = Header(
+        n_q,
+        int(np.log2(codec.codebook_size)),
+        codec.sample_rate,
+        codec.cfg.hop,
+        frames_for(total, codec.cfg.hop),
+        total,
+        model_id,
+        mhash,
+    )
     enc = StreamingEncoder(codec, n_q)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         writer = Writer(f, header)
-        bar = progress(total=total / codec.sample_rate, desc="compress", unit="s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s")
+        bar = progress(
+            total=total / codec.sample_rate, desc="compress", unit="s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s"
+        )
         for x in chunks:
             writer.write(enc.push(torch.from_numpy(np.ascontiguousarray(x))[None])[0].numpy())
             bar.update(len(x) / codec.sample_rate)
@@ -125,8 +149,15 @@ def cli_compress(args) -> int:
     out = Path(args.output)
     h = compress(Path(args.input), out, args.model, float(args.kbps), args.precision)
     seconds = h.num_samples / h.sample_rate
-    log.info("%s: %.2f s -> %d frames x %d codebooks, %d bytes, %.3f kbps (header included)",
-             out, seconds, h.num_frames, h.n_q, out.stat().st_size, bitrate_of(out, h))
+    log.info(
+        "%s: %.2f s -> %d frames x %d codebooks, %d bytes, %.3f kbps (header included)",
+        out,
+        seconds,
+        h.num_frames,
+        h.n_q,
+        out.stat().st_size,
+        bitrate_of(out, h),
+    )
     return 0
 
 

@@ -62,8 +62,23 @@ class Header:
             raise ValueError("model id too long")
         if self.num_samples >= 2**32:
             raise TokenlmError("input too long for the .tlm format (more than 2^32 samples)")
-        body = _FIXED.pack(MAGIC, VERSION, self.n_q, self.codebook_bits, 0, self.sample_rate, self.hop,
-                           self.frames_per_block, self.num_frames, self.num_samples, self.model_hash, len(mid)) + mid
+        body = (
+            _FIXED.pack(
+                MAGIC,
+                VERSION,
+                self.n_q,
+                self.codebook_bits,
+                0,
+                self.sample_rate,
+                self.hop,
+                self.frames_per_block,
+                self.num_frames,
+                self.num_samples,
+                self.model_hash,
+                len(mid),
+            )
+            + mid
+        )
         return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -96,7 +111,7 @@ class Writer:
         self.pending = np.concatenate([self.pending, codes], axis=1)
         while self.pending.shape[1] >= self.h.frames_per_block:
             self._block(self.pending[:, : self.h.frames_per_block])
-            self.pending = self.pending[:, self.h.frames_per_block:]
+            self.pending = self.pending[:, self.h.frames_per_block :]
 
     def _block(self, codes: np.ndarray) -> None:
         payload = pack_codes(codes, self.h.codebook_bits)

@@ -43,7 +43,9 @@ class AudioPool:
 
     @classmethod
     def build(cls, clips, kind: str, sample_rate: int) -> AudioPool:
-        key = hashlib.sha256(json.dumps([[c.path, c.duration] for c in clips] + [sample_rate]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([[c.path, c.duration] for c in clips] + [sample_rate]).encode()).hexdigest()[
+            :16
+        ]
         folder = cache_dir() / "pools"
         folder.mkdir(parents=True, exist_ok=True)
         data_path, off_path = folder / f"{kind}-{key}.i16", folder / f"{kind}-{key}.offsets.npy"
@@ -74,8 +76,15 @@ class AudioPool:
 class CropSampler:
     """Random ``segment`` crops ``[B, N]`` float32 from weighted pools; deterministic in (seed, step)."""
 
-    def __init__(self, pools: list[AudioPool], weights: list[float], segment: int, batch_size: int,
-                 gain_db_range=(-12.0, 6.0), seed: int = 0):
+    def __init__(
+        self,
+        pools: list[AudioPool],
+        weights: list[float],
+        segment: int,
+        batch_size: int,
+        gain_db_range=(-12.0, 6.0),
+        seed: int = 0,
+    ):
         if not pools:
             raise TokenlmError("no training audio: build the corpus first (tokenlm data build)")
         self.pools, self.segment, self.batch_size = pools, segment, batch_size
@@ -94,7 +103,7 @@ class CropSampler:
             start, end = pool.offsets[rng.choice(self.usable[k])]
             n = min(self.segment, end - start)
             s = start + rng.integers(0, end - start - n + 1)
-            out[i, :n] = pool.audio[s:s + n] / 32768.0
+            out[i, :n] = pool.audio[s : s + n] / 32768.0
         gain = 10 ** (rng.uniform(*self.gain_db_range, size=(self.batch_size, 1)) / 20)
         sign = rng.choice([-1.0, 1.0], size=(self.batch_size, 1))
         return torch.from_numpy(np.clip(out * gain * sign, -1, 1).astype(np.float32))

@@ -60,8 +60,11 @@ class STFTDiscriminator(nn.Module):
         layers = [weight_norm(nn.Conv2d(2, channels, (3, 9), padding=(1, 4)))]
         for i in range(n_layers - 1):
             dilation = 2**i
-            layers.append(weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2),
-                                                dilation=(dilation, 1), padding=(dilation, 4))))
+            layers.append(
+                weight_norm(
+                    nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), dilation=(dilation, 1), padding=(dilation, 4))
+                )
+            )
         layers.append(weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))))
         self.convs = nn.ModuleList(layers)
         self.out = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))

@@ -37,6 +37,7 @@ def tokenlm_system(codec, n_q: int) -> System:
         with torch.inference_mode():
             w = torch.from_numpy(x)[None, None]
             return codec.decode(codec.encode(w, n_q), len(x))[0, 0].numpy()
+
     return run
 
 
@@ -44,11 +45,28 @@ def opus_system(kbps: float) -> System:
     def run(x: np.ndarray) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
             sf.write(f"{d}/in.wav", x, SR, subtype="FLOAT")
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", f"{d}/in.wav", "-c:a", "libopus", "-b:a", f"{kbps}k",
-                            f"{d}/x.opus"], check=True)
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", f"{d}/x.opus", "-ar", str(SR), "-ac", "1",
-                            f"{d}/out.wav"], check=True)
+            subprocess.run(
+                [
+                    "ffmpeg",
+                    "-v",
+                    "error",
+                    "-y",
+                    "-i",
+                    f"{d}/in.wav",
+                    "-c:a",
+                    "libopus",
+                    "-b:a",
+                    f"{kbps}k",
+                    f"{d}/x.opus",
+                ],
+                check=True,
+            )
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-y", "-i", f"{d}/x.opus", "-ar", str(SR), "-ac", "1", f"{d}/out.wav"],
+                check=True,
+            )
             return sf.read(f"{d}/out.wav", dtype="float32")[0]
+
     return run
 
 
@@ -61,6 +79,7 @@ def codec2_system(mode: str = "3200") -> System:
             subprocess.run(["c2dec", mode, f"{d}/x.c2", f"{d}/out.raw"], check=True, capture_output=True)
             y = np.frombuffer(Path(f"{d}/out.raw").read_bytes(), dtype="<i2").astype(np.float32) / 32768
             return resample(y[None], 8000, SR)[0]
+
     return run
 
 
@@ -127,10 +146,14 @@ class Metrics:
         if domain == "speech":
             row["pesq_wb"] = float(pesq(SR, ref, deg, "wb"))
             row["stoi"] = float(stoi(ref, deg, SR, extended=False))
-            row["visqol"] = float(self.visqol_speech.measure_from_arrays(ref.astype(np.float64), deg.astype(np.float64), SR).moslqo)
+            row["visqol"] = float(
+                self.visqol_speech.measure_from_arrays(ref.astype(np.float64), deg.astype(np.float64), SR).moslqo
+            )
         else:
             r48, d48 = resample(ref[None], SR, 48000)[0], resample(deg[None], SR, 48000)[0]
-            row["visqol"] = float(self.visqol_audio.measure_from_arrays(r48.astype(np.float64), d48.astype(np.float64), 48000).moslqo)
+            row["visqol"] = float(
+                self.visqol_audio.measure_from_arrays(r48.astype(np.float64), d48.astype(np.float64), 48000).moslqo
+            )
         return row
 
 
@@ -164,8 +187,16 @@ def evaluate(codec, peer=None, n_speech: int = 40, n_music: int = 12) -> dict:
 
 
 def markdown(results: dict) -> str:
-    cols = [("speech", "pesq_wb"), ("speech", "stoi"), ("speech", "visqol"), ("speech", "mel_distance"),
-            ("speech", "si_sdr"), ("music", "visqol"), ("music", "mel_distance"), ("music", "si_sdr")]
+    cols = [
+        ("speech", "pesq_wb"),
+        ("speech", "stoi"),
+        ("speech", "visqol"),
+        ("speech", "mel_distance"),
+        ("speech", "si_sdr"),
+        ("music", "visqol"),
+        ("music", "mel_distance"),
+        ("music", "si_sdr"),
+    ]
     head = "| system | kbps | " + " | ".join(f"{d} {m}" for d, m in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for name, r in results["systems"].items():
@@ -188,8 +219,13 @@ def plot(results: dict, path: Path) -> None:
         for fam, pts in families.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=fam)
-        ax.set_xscale("log"); ax.set_xlabel("kbps"); ax.set_title(f"{domain} {metric}"); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
+        ax.set_xscale("log")
+        ax.set_xlabel("kbps")
+        ax.set_title(f"{domain} {metric}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def load_peer():

@@ -78,7 +78,12 @@ class ExportEncoder(nn.Module):
     def __init__(self, codec: Codec, n_q: int):
         super().__init__()
         enc = codec.encoder
-        self.frontend, self.proj_in, self.stack, self.proj_out = DFTFrontEnd(enc.frontend), enc.proj_in, enc.stack, enc.proj_out
+        self.frontend, self.proj_in, self.stack, self.proj_out = (
+            DFTFrontEnd(enc.frontend),
+            enc.proj_in,
+            enc.stack,
+            enc.proj_out,
+        )
         cb = codec.quantizer.codebooks[:n_q].detach().clone()
         self.register_buffer("codebooks", cb)
         self.register_buffer("norms", cb.pow(2).sum(-1))
@@ -125,11 +130,26 @@ def export(codec: Codec, out_dir: Path, n_q: int | None = None) -> tuple[Path, P
     codes = torch.randint(0, codec.codebook_size, (1, n_q, 50))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(enc, (wav,), out_dir / "encoder.onnx", input_names=["wav"], output_names=["codes"],
-                          dynamic_axes={"wav": {1: "samples"}, "codes": {2: "frames"}}, opset_version=17, dynamo=False)
-        torch.onnx.export(dec, (codes,), out_dir / "decoder.onnx", input_names=["codes"], output_names=["wav"],
-                          dynamic_axes={"codes": {1: "n_q", 2: "frames"}, "wav": {1: "samples"}}, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            enc,
+            (wav,),
+            out_dir / "encoder.onnx",
+            input_names=["wav"],
+            output_names=["codes"],
+            dynamic_axes={"wav": {1: "samples"}, "codes": {2: "frames"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            dec,
+            (codes,),
+            out_dir / "decoder.onnx",
+            input_names=["codes"],
+            output_names=["wav"],
+            dynamic_axes={"codes": {1: "n_q", 2: "frames"}, "wav": {1: "samples"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return out_dir / "encoder.onnx", out_dir / "decoder.onnx"
 
 
@@ -149,8 +169,11 @@ def verify(codec: Codec, out_dir: Path, seconds: float = 3.0, seed: int = 0) -> 
     dec = ort.InferenceSession(str(out_dir / "decoder.onnx"), providers=["CPUExecutionProvider"])
     codes = enc.run(None, {"wav": wav.numpy()})[0]
     out = dec.run(None, {"codes": ref_codes.numpy()})[0]
-    return {"frames": T, "code_agreement": float(np.mean(codes == ref_codes.numpy())),
-            "decoder_max_abs_diff": float(np.abs(out - ref_wav.numpy()).max())}
+    return {
+        "frames": T,
+        "code_agreement": float(np.mean(codes == ref_codes.numpy())),
+        "decoder_max_abs_diff": float(np.abs(out - ref_wav.numpy()).max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,8 +110,9 @@ class Balancer:
         self.ema_norm: dict[str, float] = {}
         self.ema_fix: dict[str, float] = {}
 
-    def backward(self, losses: dict[str, torch.Tensor], y_hat: torch.Tensor,
-                 unbalanced: torch.Tensor | None = None) -> dict[str, float]:
+    def backward(
+        self, losses: dict[str, torch.Tensor], y_hat: torch.Tensor, unbalanced: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """Back-propagate the balanced losses through ``y_hat`` together with ``unbalanced`` (e.g. the
         commitment loss, whose gradient does not pass through the output) in one backward pass."""
         names = [k for k in losses if self.weights.get(k, 0) > 0]

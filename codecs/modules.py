@@ -41,7 +41,7 @@ class CausalConvNeXtBlock(nn.Module):
         xp = torch.cat([state, x], dim=1)  # [B, k-1+T, C]
         h = self.dwconv(xp.transpose(1, 2)).transpose(1, 2)  # [B, T, C]
         h = self.pw2(F.gelu(self.pw1(self.norm(h))))
-        return x + self.gamma * h, xp[:, xp.shape[1] - (self.kernel_size - 1):]
+        return x + self.gamma * h, xp[:, xp.shape[1] - (self.kernel_size - 1) :]
 
 
 class ConvNeXtStack(nn.Module):

@@ -43,10 +43,18 @@ class EncodecPeer(nn.Module):
         super().__init__()
         from transformers import EncodecConfig, EncodecModel
 
-        hf = EncodecModel(EncodecConfig(sampling_rate=cfg.sample_rate, upsampling_ratios=list(cfg.ratios),
-                                        num_filters=cfg.num_filters, hidden_size=cfg.latent_dim,
-                                        codebook_dim=cfg.latent_dim, codebook_size=cfg.codebook_size,
-                                        audio_channels=1, use_causal_conv=True))
+        hf = EncodecModel(
+            EncodecConfig(
+                sampling_rate=cfg.sample_rate,
+                upsampling_ratios=list(cfg.ratios),
+                num_filters=cfg.num_filters,
+                hidden_size=cfg.latent_dim,
+                codebook_dim=cfg.latent_dim,
+                codebook_size=cfg.codebook_size,
+                audio_channels=1,
+                use_causal_conv=True,
+            )
+        )
         self.cfg = cfg
         self.encoder, self.decoder = hf.encoder, hf.decoder
         self.quantizer = ResidualVQ(cfg.latent_dim, cfg.n_q, cfg.codebook_size, cfg.ema_decay, cfg.dead_threshold)

@@ -40,7 +40,7 @@ def _encode_fallback(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tens
     return codes, x - residual
 
 
-def rvq_search(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rvq_search(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Nearest codes at every level: x ``[N, D]``, codebooks ``[K, M, D]`` -> (codes ``[N, K]``, quantized ``[N, D]``)."""
     try:
         from tokenlm.kernels import rvq_encode
@@ -162,6 +162,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
         counts = torch.bincount(assign, minlength=k).float()
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         empty = counts == 0
-        centroids = torch.where(empty[:, None], x[torch.randint(0, N, (k,), device=x.device)],
-                                sums / counts.clamp_min(1)[:, None])
+        centroids = torch.where(
+            empty[:, None], x[torch.randint(0, N, (k,), device=x.device)], sums / counts.clamp_min(1)[:, None]
+        )
     return centroids

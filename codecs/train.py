@@ -20,16 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.checkpoint import load_state, load_weights, save_model, save_state, set_rng_state, rng_state
+from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
 from tokenlm.utils import cache_dir, log, progress
 
 from .codec import Codec, CodecConfig
-from .peer import EncodecPeer, EncodecPeerConfig
 from .dataset import DataConfig, build_sampler
 from .discriminators import Discriminators
-from .losses import (Balancer, CompressedComplexLoss, MultiResolutionMelLoss, feature_matching_loss, hinge_d_loss,
-                     hinge_g_loss)
+from .losses import (
+    Balancer,
+    CompressedComplexLoss,
+    MultiResolutionMelLoss,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+)
+from .peer import EncodecPeer, EncodecPeerConfig
 
 
 @dataclass(frozen=True)
@@ -104,27 +110,37 @@ class Trainer:
 
     def _make_disc(self) -> None:
         self.disc = Discriminators(tuple(self.cfg.mpd_channels), self.cfg.stft_channels)
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), self.cfg.optim.disc_lr, betas=tuple(self.cfg.optim.betas))
+        self.opt_d = torch.optim.AdamW(
+            self.disc.parameters(), self.cfg.optim.disc_lr, betas=tuple(self.cfg.optim.betas)
+        )
 
     def save(self) -> None:
         model = self.acc.unwrap_model(self.model)
         state = {
-            "model": model.state_dict(), "opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
-            "balancer": self.balancer.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
-            "rng": rng_state(), "config": json.dumps(to_dict(self.cfg)),
+            "model": model.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "rng": rng_state(),
+            "config": json.dumps(to_dict(self.cfg)),
         }
         if self.disc is not None:
             state["disc"] = self.acc.unwrap_model(self.disc).state_dict()
             state["opt_d"] = self.opt_d.state_dict()
         if self.acc.is_main_process:
             save_state(self.state_path, state)
-            save_model(self.run_dir / "model", self.kind, to_dict(self.cfg.model), model.state_dict(),
-                       meta=self.meta())
+            save_model(self.run_dir / "model", self.kind, to_dict(self.cfg.model), model.state_dict(), meta=self.meta())
 
     def meta(self) -> dict:
         seg = self.cfg.data.segment_seconds * self.cfg.data.batch_size * self.acc.num_processes
-        return {"steps": self.step, "train_hours": round(self.train_seconds / 3600, 3),
-                "audio_hours_seen": round(self.step * seg / 3600, 2), "run": self.cfg.name}
+        return {
+            "steps": self.step,
+            "train_hours": round(self.train_seconds / 3600, 3),
+            "audio_hours_seen": round(self.step * seg / 3600, 2),
+            "run": self.cfg.name,
+        }
 
     def resume(self) -> None:
         state = load_state(self.state_path)
@@ -218,8 +234,9 @@ class Trainer:
         return list(grads), d_loss.item()
 
     def fit(self, max_minutes: float | None, max_steps: int | None) -> None:
-        sampler = build_sampler(self.cfg.data, self.cfg.model.sample_rate, "train",
-                                seed=self.seed + 1000 * self.acc.process_index)
+        sampler = build_sampler(
+            self.cfg.data, self.cfg.model.sample_rate, "train", seed=self.seed + 1000 * self.acc.process_index
+        )
         if self.step == 0 and not bool(self.model.quantizer.initialized):
             self.kmeans_init(sampler)
         self.model, self.opt_g = self.acc.prepare(self.model, self.opt_g)
@@ -237,8 +254,9 @@ class Trainer:
             if self.step % self.cfg.log_every == 0:
                 stats.update(step=self.step, seconds_per_step=round(time.time() - t0, 3))
                 self._log(stats)
-            done = (max_steps is not None and self.step >= max_steps) or \
-                   (max_minutes is not None and time.time() - t_start >= 60 * max_minutes)
+            done = (max_steps is not None and self.step >= max_steps) or (
+                max_minutes is not None and time.time() - t_start >= 60 * max_minutes
+            )
             if done or time.time() - t_ckpt >= 60 * self.cfg.checkpoint_minutes:
                 self.save()
                 evaluator(self.acc.unwrap_model(self.model), self.step, self.train_seconds)
@@ -253,9 +271,15 @@ class Trainer:
             return
         with open(self.run_dir / "train_log.jsonl", "a") as f:
             f.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}) + "\n")
-        log.info("step %d  mel %.3f  complex %.4f  commit %.4f  ppl %.0f  %.2fs/step", stats["step"],
-                 stats["rec/mel"], stats["rec/complex"], stats["vq/commit"], stats["vq/perplexity"],
-                 stats["seconds_per_step"])
+        log.info(
+            "step %d  mel %.3f  complex %.4f  commit %.4f  ppl %.0f  %.2fs/step",
+            stats["step"],
+            stats["rec/mel"],
+            stats["rec/complex"],
+            stats["vq/commit"],
+            stats["vq/perplexity"],
+            stats["seconds_per_step"],
+        )
 
 
 class HeldOutProbe:
@@ -272,7 +296,9 @@ class HeldOutProbe:
         rng = np.random.default_rng(0)
         pick = rng.choice(len(clips), size=min(cfg.eval_clips, len(clips)), replace=False) if clips else []
         sr = cfg.model.sample_rate
-        self.wavs = [torch.from_numpy(load_audio(clips[i].path, sr, loudness_db=-23.0).samples[:, : 4 * sr]) for i in pick]
+        self.wavs = [
+            torch.from_numpy(load_audio(clips[i].path, sr, loudness_db=-23.0).samples[:, : 4 * sr]) for i in pick
+        ]
         self.mel = MultiResolutionMelLoss(sr)
 
     @torch.no_grad()
@@ -311,18 +337,28 @@ def plot_run(run_dir: Path, model: Codec, wav: torch.Tensor) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = [json.loads(line) for line in open(run_dir / "train_log.jsonl")] if (run_dir / "train_log.jsonl").exists() else []
+    logs = (
+        [json.loads(line) for line in open(run_dir / "train_log.jsonl")]
+        if (run_dir / "train_log.jsonl").exists()
+        else []
+    )
     mets = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
     if logs:
         ax[0].plot([r["step"] for r in logs], [r["rec/mel"] for r in logs], label="train mel loss")
     for key in [k for k in mets[-1] if k.startswith("mel@")]:
         ax[0].plot([r["step"] for r in mets], [r.get(key) for r in mets], "o-", label=f"held-out {key} kbps")
-    ax[0].set_xlabel("step"); ax[0].legend(); ax[0].set_title("mel loss")
+    ax[0].set_xlabel("step")
+    ax[0].legend()
+    ax[0].set_title("mel loss")
     for key in [k for k in mets[-1] if k.startswith("sisdr@")]:
         ax[1].plot([r["step"] for r in mets], [r.get(key) for r in mets], "o-", label=key)
-    ax[1].set_xlabel("step"); ax[1].legend(); ax[1].set_title("held-out SI-SDR (dB)")
-    fig.tight_layout(); fig.savefig(run_dir / "curves.png", dpi=80); plt.close(fig)
+    ax[1].set_xlabel("step")
+    ax[1].legend()
+    ax[1].set_title("held-out SI-SDR (dB)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=80)
+    plt.close(fig)
     save_spectrograms(run_dir / "spectrograms.png", model, wav)
 
 
@@ -340,11 +376,20 @@ def save_spectrograms(path: Path, model: Codec, wav: torch.Tensor) -> None:
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.0 * len(rows)), sharex=True)
     for ax, (title, x) in zip(axes, rows):
         spec = torch.stft(x, 512, 128, window=torch.hann_window(512), return_complex=True).abs()
-        ax.imshow(torch.log10(spec + 1e-5).numpy(), origin="lower", aspect="auto", vmin=-4, vmax=1.5,
-                  extent=(0, x.shape[-1] / model.sample_rate, 0, model.sample_rate / 2000))
-        ax.set_title(title, fontsize=9); ax.set_ylabel("kHz")
+        ax.imshow(
+            torch.log10(spec + 1e-5).numpy(),
+            origin="lower",
+            aspect="auto",
+            vmin=-4,
+            vmax=1.5,
+            extent=(0, x.shape[-1] / model.sample_rate, 0, model.sample_rate / 2000),
+        )
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("kHz")
     axes[-1].set_xlabel("s")
-    fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def cli(args) -> int:

@@ -4,7 +4,6 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-
 from tokenlm.codecs.audio import AudioError, load_audio, normalize_loudness, resample, save_audio
 
 
@@ -59,12 +58,15 @@ def test_loudness_normalisation_reaches_target():
     assert abs(pyloudnorm.Meter(sr).integrated_loudness(y[0].astype(np.float64)) + 23.0) < 0.5
 
 
-@pytest.mark.parametrize("maker,msg", [
-    (lambda p: p, "no such file"),
-    (lambda p: (p.mkdir(), p)[1], "is a directory"),
-    (lambda p: (p.write_bytes(b""), p)[1], "empty"),
-    (lambda p: (p.write_text("hello, not audio" * 100), p)[1], "not a readable audio file"),
-])
+@pytest.mark.parametrize(
+    "maker,msg",
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "is a directory"),
+        (lambda p: (p.write_bytes(b""), p)[1], "empty"),
+        (lambda p: (p.write_text("hello, not audio" * 100), p)[1], "not a readable audio file"),
+    ],
+)
 def test_bad_inputs(tmp_path, maker, msg):
     path = maker(tmp_path / "bad.wav")
     with pytest.raises(AudioError, match=msg):

@@ -7,9 +7,25 @@ import pytest
 from tokenlm.cli import build_parser, main
 
 SUBCOMMANDS = [
-    ["compress"], ["decompress"], ["asr"], ["tts"], ["separate"], ["caption"], ["continue"], ["demo"],
-    ["data", "build"], ["data", "stats"], ["tokenize"], ["train", "codec"], ["train", "semantic"], ["train", "lm"],
-    ["eval", "codec"], ["eval", "semantic"], ["bench", "codec"], ["bench", "rvq"], ["bench", "attention"],
+    ["compress"],
+    ["decompress"],
+    ["asr"],
+    ["tts"],
+    ["separate"],
+    ["caption"],
+    ["continue"],
+    ["demo"],
+    ["data", "build"],
+    ["data", "stats"],
+    ["tokenize"],
+    ["train", "codec"],
+    ["train", "semantic"],
+    ["train", "lm"],
+    ["eval", "codec"],
+    ["eval", "semantic"],
+    ["bench", "codec"],
+    ["bench", "rvq"],
+    ["bench", "attention"],
     ["bench", "lm"],
 ]
 
@@ -25,20 +41,36 @@ def test_help_has_example(cmd, capsys):
 
 def test_every_design_command_exists():
     names = set(build_parser()._subparsers._group_actions[0].choices)
-    assert names >= {"compress", "decompress", "asr", "tts", "separate", "caption", "continue", "demo",
-                     "data", "tokenize", "train", "eval", "bench"}
+    assert names >= {
+        "compress",
+        "decompress",
+        "asr",
+        "tts",
+        "separate",
+        "caption",
+        "continue",
+        "demo",
+        "data",
+        "tokenize",
+        "train",
+        "eval",
+        "bench",
+    }
 
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "tokenlm.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("make,reason", [
-    (lambda p: p / "missing.wav", "no such file"),
-    (lambda p: p, "is a directory"),
-    (lambda p: (p / "e.wav").write_bytes(b"") or p / "e.wav", "empty"),
-    (lambda p: (p / "t.wav").write_text("not audio at all" * 50) or p / "t.wav", "not a readable audio file"),
-])
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda p: p / "missing.wav", "no such file"),
+        (lambda p: p, "is a directory"),
+        (lambda p: (p / "e.wav").write_bytes(b"") or p / "e.wav", "empty"),
+        (lambda p: (p / "t.wav").write_text("not audio at all" * 50) or p / "t.wav", "not a readable audio file"),
+    ],
+)
 def test_bad_audio_input_exits_2_with_one_line(tmp_path, make, reason):
     bad = make(tmp_path)
     out = tmp_path / "out.tlm"

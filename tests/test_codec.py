@@ -1,19 +1,19 @@
 import io
-import struct
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from tokenlm.checkpoint import save_model
 from tokenlm.codecs.codec import Codec, CodecConfig, StreamingDecoder, StreamingEncoder
 from tokenlm.codecs.container import ContainerError, Header, Writer, pack_codes, read_blocks, read_header, unpack_codes
 from tokenlm.codecs.rvq import ResidualVQ
+
+from tokenlm.checkpoint import save_model
 from tokenlm.config import to_dict
 
-TINY = CodecConfig(hop=40, dim=32, encoder_layers=2, decoder_layers=2, latent_dim=8, n_q=4, codebook_size=16,
-                   kernel_size=3)
+TINY = CodecConfig(
+    hop=40, dim=32, encoder_layers=2, decoder_layers=2, latent_dim=8, n_q=4, codebook_size=16, kernel_size=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,12 @@ def test_streaming_encode_decode_equals_whole_file(codec, chunk):
     codes = codec.encode(wav)
     assert codes.shape == (1, TINY.n_q, 26) and codes.dtype == torch.long  # ceil(1001 / 40)
     enc = StreamingEncoder(codec)
-    parts = [enc.push(wav[0, :, i:i + chunk]) for i in range(0, 1001, chunk)] + [enc.flush()]
+    parts = [enc.push(wav[0, :, i : i + chunk]) for i in range(0, 1001, chunk)] + [enc.flush()]
     assert torch.equal(torch.cat(parts, dim=-1), codes)
     full = codec.decode(codes)
     dec = StreamingDecoder(codec)
     frames = max(1, chunk // 40)
-    pieces = [dec.push(codes[..., i:i + frames]) for i in range(0, codes.shape[-1], frames)]
+    pieces = [dec.push(codes[..., i : i + frames]) for i in range(0, codes.shape[-1], frames)]
     assert torch.allclose(torch.cat(pieces, dim=-1), full[:, 0], atol=1e-5)
 
 
@@ -159,8 +159,23 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
     try:
         # the tiny codec's rates are multiples of 1.6 kbps; the real CLI offers 1.5/3/6
         cli_mod.KBPS_CHOICES = (f"{kbps:g}",)
-        assert main(["compress", str(tmp_path / "in.wav"), "-o", str(tlm), "--model", str(model_dir),
-                     "--kbps", f"{kbps:g}", "--precision", "fp32"]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    str(tmp_path / "in.wav"),
+                    "-o",
+                    str(tlm),
+                    "--model",
+                    str(model_dir),
+                    "--kbps",
+                    f"{kbps:g}",
+                    "--precision",
+                    "fp32",
+                ]
+            )
+            == 0
+        )
     finally:
         cli_mod.KBPS_CHOICES = old
     with open(tlm, "rb") as f:
@@ -176,10 +191,15 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
     blob = bytearray(tlm.read_bytes())
     blob[-3] ^= 0x55
     (tmp_path / "bad.tlm").write_bytes(bytes(blob))
-    assert main(["decompress", str(tmp_path / "bad.tlm"), "-o", str(tmp_path / "bad.wav"), "--model", str(model_dir)]) == 2
+    assert (
+        main(["decompress", str(tmp_path / "bad.tlm"), "-o", str(tmp_path / "bad.wav"), "--model", str(model_dir)]) == 2
+    )
     assert not (tmp_path / "bad.wav").exists()
     (tmp_path / "foreign.tlm").write_bytes(b"ID3\x04" + bytes(100))
-    assert main(["decompress", str(tmp_path / "foreign.tlm"), "-o", str(tmp_path / "f.wav"), "--model", str(model_dir)]) == 2
+    assert (
+        main(["decompress", str(tmp_path / "foreign.tlm"), "-o", str(tmp_path / "f.wav"), "--model", str(model_dir)])
+        == 2
+    )
 
 
 def test_onnx_export_matches_torch(tmp_path, codec):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tokenlm.codecs.train import TrainConfig, Trainer
 
 from tokenlm.checkpoint import load_state
-from tokenlm.codecs.train import TrainConfig, Trainer
 from tokenlm.config import load_config
 from tokenlm.corpus.manifest import Clip, manifest_path, write_manifest
 
@@ -22,12 +22,23 @@ def corpus(tmp_path_factory):
         kind = "speech_real" if i < 4 else "music"
         sr = 16000 if i % 2 else 22050
         t = np.arange(int(2.5 * sr)) / sr
-        x = 0.2 * np.sin(2 * np.pi * (150 + 50 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
+        x = 0.2 * np.sin(2 * np.pi * (150 + 50 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(
+            t.size
+        )
         path = root / f"c{i}.wav"
         sf.write(path, x.astype(np.float32), sr)
         split = "eval" if i == 3 else "train"
-        clips[kind].append(Clip(id=f"c{i}", path=str(path), duration=2.5, sample_rate=sr, kind=kind,
-                                speaker=f"s{i}" if kind == "speech_real" else None, split=split))
+        clips[kind].append(
+            Clip(
+                id=f"c{i}",
+                path=str(path),
+                duration=2.5,
+                sample_rate=sr,
+                kind=kind,
+                speaker=f"s{i}" if kind == "speech_real" else None,
+                split=split,
+            )
+        )
     for kind, cs in clips.items():
         write_manifest(manifest_path(root, kind), cs)
     return root
@@ -35,8 +46,9 @@ def corpus(tmp_path_factory):
 
 def tiny_cfg(root) -> TrainConfig:
     cfg = load_config(TrainConfig, "codec/tiny")
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root), kinds=("speech_real", "music"),
-                                                             kind_weights=(0.7, 0.3)))
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, root=str(root), kinds=("speech_real", "music"), kind_weights=(0.7, 0.3))
+    )
 
 
 def test_train_resume_matches_uninterrupted_run(tmp_path, corpus, monkeypatch):
@@ -67,8 +79,9 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, corpus, monkeypatch):
 def test_training_reduces_loss(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_cfg(corpus), optim=dataclasses.replace(tiny_cfg(corpus).optim, warmup_steps=1,
-                                                                          lr=3e-3))
+    cfg = dataclasses.replace(
+        tiny_cfg(corpus), optim=dataclasses.replace(tiny_cfg(corpus).optim, warmup_steps=1, lr=3e-3)
+    )
     t = Trainer(cfg, tmp_path / "r", seed=0)
     t.fit(max_minutes=None, max_steps=40)
     import json
@@ -79,15 +92,24 @@ def test_training_reduces_loss(tmp_path, corpus, monkeypatch):
 
 
 def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch):
-    from tokenlm import pretrained
     from tokenlm.codecs.peer import EncodecPeer, EncodecPeerConfig
     from tokenlm.codecs.train import PeerTrainConfig
+
+    from tokenlm import pretrained
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     base = tiny_cfg(corpus)
     model = EncodecPeerConfig(ratios=(4, 4, 2), num_filters=4, latent_dim=8, n_q=4, codebook_size=16)
-    cfg = PeerTrainConfig(name="peer-tiny", model=model, data=base.data, optim=base.optim, n_q_choices=(1, 4),
-                          kmeans_batches=2, log_every=1, eval_clips=1)
+    cfg = PeerTrainConfig(
+        name="peer-tiny",
+        model=model,
+        data=base.data,
+        optim=base.optim,
+        n_q_choices=(1, 4),
+        kmeans_batches=2,
+        log_every=1,
+        eval_clips=1,
+    )
     t = Trainer(cfg, tmp_path / "p", seed=0)
     t.fit(max_minutes=None, max_steps=2)
     peer = pretrained.load(tmp_path / "p" / "model")
@@ -100,8 +122,9 @@ def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch
 def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2,
-                              precision="bf16")
+    cfg = dataclasses.replace(
+        tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2, precision="bf16"
+    )
     t = Trainer(cfg, tmp_path / "g", seed=0)
     t.fit(max_minutes=None, max_steps=1)
     assert t.disc is None

@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +28,7 @@ def test_yaml_include_and_override(tmp_path):
     cfg = load_config(Outer, tmp_path / "child.yaml", lr=0.5)
     assert cfg == Outer(name="child", lr=0.5, inner=Inner(width=32, rates=(1.5,)))
     assert isinstance(cfg.lr, float)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lr = 2.0  # frozen
 
 
@@ -47,8 +48,9 @@ def test_nested_include_and_unknown_keys_are_errors(tmp_path):
 
 def test_model_folder_round_trip(tmp_path):
     model = torch.nn.Linear(4, 3)
-    folder = save_model(tmp_path / "m", "toy", to_dict(Outer()), model.state_dict(), meta={"steps": 3},
-                        dtype=torch.float16)
+    folder = save_model(
+        tmp_path / "m", "toy", to_dict(Outer()), model.state_dict(), meta={"steps": 3}, dtype=torch.float16
+    )
     doc = read_model_config(folder)
     assert doc["kind"] == "toy" and doc["meta"] == {"steps": 3} and doc["config"]["inner"]["width"] == 8
     sd = load_weights(folder)
