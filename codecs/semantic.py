@@ -85,7 +85,8 @@ def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
     """Regression deltas along time of ``[B, D, T]`` (the HTK formula, edges replicated)."""
     pad = F.pad(x, (width, width), mode="replicate")
     T = x.shape[-1]
-    num = sum(n * (pad[..., width + n: width + n + T] - pad[..., width - n: width - n + T]) for n in range(1, width + 1))
+    num = sum(n * (pad[..., width + n: width + n + T] - pad[..., width - n: width - n + T])
+              for n in range(1, width + 1))
     return num / (2 * sum(n * n for n in range(1, width + 1)))
 
 
@@ -176,7 +177,8 @@ class SemanticEncoder(nn.Module):
         self.frontend_norm = nn.LayerNorm(cfg.dim)
         self.mask_emb = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         groups = math.gcd(16, cfg.dim)
-        self.pos_conv = nn.Conv1d(cfg.dim, cfg.dim, cfg.conv_pos_kernel, padding=cfg.conv_pos_kernel // 2, groups=groups)
+        k = cfg.conv_pos_kernel
+        self.pos_conv = nn.Conv1d(cfg.dim, cfg.dim, k, padding=k // 2, groups=groups)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, cfg.ff_mult * cfg.dim, cfg.dropout, activation="gelu",
                                        batch_first=True, norm_first=True)

@@ -19,6 +19,7 @@ from tokenlm.errors import TokenlmError
 from tokenlm.pretrained import WEIGHTS_DIR, register
 
 MAX_BYTES = 30 * 2**20
+SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"
 
 
 def model_card(name: str, doc: dict, report: dict, train_info: str) -> str:
@@ -47,8 +48,8 @@ heard ({', '.join(report['eval_voices'])}); frame labels are espeak-ng's own pho
 | PNMI | {report['pnmi']:.3f} | {base['pnmi']:.3f} |
 | phone purity | {report['phone_purity']:.3f} | {base['phone_purity']:.3f} |
 | cluster purity | {report['cluster_purity']:.3f} | {base['cluster_purity']:.3f} |
-| unit edit distance, same sentence, 2 voices | {si['same_sentence_cross_voice']:.3f} | {bsi['same_sentence_cross_voice']:.3f} |
-| unit edit distance, 2 sentences, same voice | {si['diff_sentence_same_voice']:.3f} | {bsi['diff_sentence_same_voice']:.3f} |
+| unit edit distance, same sentence, 2 voices | {si[SAME]:.3f} | {bsi[SAME]:.3f} |
+| unit edit distance, 2 sentences, same voice | {si[DIFF]:.3f} | {bsi[DIFF]:.3f} |
 
 PNMI is {report['pnmi'] / max(base['pnmi'], 1e-9):.2f}x the MFCC k-means floor.
 

@@ -28,6 +28,7 @@ from .semantic import SemanticConfig, kmeans, nearest
 from .semantic_data import Clip, dev_corpus, frame_labels, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
+SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-invariance keys
 
 
 # --------------------------------------------------------------------------- metrics
@@ -90,9 +91,9 @@ def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: in
     d_same = [norm_distance(units[i], units[j]) for i, j in pick(same)]
     d_diff = [norm_distance(units[i], units[j]) for i, j in pick(diff)]
     if not d_same or not d_diff:
-        return {"same_sentence_cross_voice": float("nan"), "diff_sentence_same_voice": float("nan"), "ratio": float("nan")}
+        return {SAME: float("nan"), DIFF: float("nan"), "ratio": float("nan")}
     s, d = float(np.mean(d_same)), float(np.mean(d_diff))
-    return {"same_sentence_cross_voice": s, "diff_sentence_same_voice": d, "ratio": s / d,
+    return {SAME: s, DIFF: d, "ratio": s / d,
             "pairs_same": len(d_same), "pairs_diff": len(d_diff)}
 
 
@@ -170,8 +171,8 @@ def write_report(report: dict, out: Path, model, clip: Clip) -> None:
     base, si, bsi = report["mfcc_kmeans"], report["speaker_invariance"], report["mfcc_kmeans"]["speaker_invariance"]
     rows = [("PNMI", report["pnmi"], base["pnmi"]), ("phone purity", report["phone_purity"], base["phone_purity"]),
             ("cluster purity", report["cluster_purity"], base["cluster_purity"]),
-            ("unit distance, same sentence / 2 voices", si["same_sentence_cross_voice"], bsi["same_sentence_cross_voice"]),
-            ("unit distance, 2 sentences / same voice", si["diff_sentence_same_voice"], bsi["diff_sentence_same_voice"]),
+            ("unit distance, same sentence / 2 voices", si[SAME], bsi[SAME]),
+            ("unit distance, 2 sentences / same voice", si[DIFF], bsi[DIFF]),
             ("ratio (lower = more speaker-invariant)", si["ratio"], bsi["ratio"])]
     md = [f"# Semantic units on held-out voices ({report['eval_clips']} clips, {report['codebook_size']} units)", "",
           "| metric | model | MFCC k-means |", "|---|---|---|"]
@@ -225,5 +226,5 @@ def cli(args) -> int:
         si = report["speaker_invariance"]
         print(f"PNMI {report['pnmi']:.3f} (MFCC k-means {report['pnmi_mfcc_kmeans']:.3f}), phone purity "
               f"{report['phone_purity']:.3f}, cluster purity {report['cluster_purity']:.3f}, unit distance "
-              f"same-sentence {si['same_sentence_cross_voice']:.3f} vs different-sentence {si['diff_sentence_same_voice']:.3f}")
+              f"same-sentence {si[SAME]:.3f} vs different-sentence {si[DIFF]:.3f}")
     return 0

@@ -272,9 +272,9 @@ def restore_run(cfg: SemanticTrainConfig, out: Path) -> tuple[Run, dict]:
     opt = make_optimizer(cfg, model)
     opt.load_state_dict(st["optim"])
     if "teacher" in st:
-        from tokenlm.config import from_dict
-
         import ast
+
+        from tokenlm.config import from_dict
 
         teacher = SemanticTokenizer(from_dict(SemanticConfig, ast.literal_eval(st["teacher_config"])))
         teacher.load_state_dict(st["teacher"])

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from tokenlm.checkpoint import load_state
-from tokenlm.cli import main
 from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
 from tokenlm.codecs.semantic_data import Espeak, build_espeak_corpus, frame_labels, is_held_out_voice, read_phones
 from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
 from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
+
+from tokenlm.checkpoint import load_state
+from tokenlm.cli import main
 from tokenlm.config import load_config
 from tokenlm.errors import TokenlmError
 from tokenlm.pretrained import load
@@ -177,6 +177,7 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
 
 def test_bundle_fp16_with_card(tmp_path, monkeypatch):
     import tokenlm.codecs.semantic_bundle as sb
+
     import tokenlm.pretrained as pretrained
     from tokenlm.checkpoint import save_model
     from tokenlm.config import to_dict
