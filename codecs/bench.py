@@ -29,6 +29,7 @@ if which == "tokenlm":
     except Exception:
         m = Codec(CodecConfig()).eval()  # same architecture, random weights: speed is the same
     sr = m.sample_rate
+    m.precision = precision  # the codec's own autocast (an outer one would be switched off inside it)
     enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
 else:
     from transformers import EncodecConfig, EncodecModel
@@ -64,7 +65,7 @@ def measure(
 
 
 def run(model: str = "codec-16k", quick: bool = False) -> dict:
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 3
     seconds = 2.0 if quick else SECONDS
     results = {"audio_seconds": seconds, "repeats": repeats, "note": "x real time (higher is faster), best of repeats"}
     for threads in (1, 2):

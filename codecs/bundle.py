@@ -39,7 +39,7 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         f"wall time: {meta.get('train_hours')} h on 1 thread of a shared 2-core CPU (no GPU).",
         "- data (train split of `tokenlm data build --recipe small`): real speech (Fish Fillets NG nl/cs, Tux Paint "
         "descriptions in 13 languages, KLettres; GPL-2), game music (Wesnoth, SuperTux, SuperTuxKart, Frozen Bubble) "
-        "and sound events; weights speech 0.5 / synthetic speech 0.15 / music 0.25 / sounds 0.1.",
+        "and sound events; weights speech 0.5 / synthetic speech 0.15 (espeak-ng, festival, flite, piper; joined the run at step 4,127 when its manifest appeared) / music 0.25 / sounds 0.1.",
         "- losses: multi-resolution log+linear mel L1 and power-law compressed complex STFT MSE through EnCodec's "
         "loss balancer, commitment loss; no adversarial losses yet (the discriminators exist; switching them on "
         "is the next step for perceptual quality).",
@@ -54,6 +54,8 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
             "beside Opus (ffmpeg libopus) and Codec2 in the same run:",
             "",
             markdown(eval_results),
+            "",
+            "![rate-quality](rate_quality.png) ![training curves](curves.png) ![spectrograms](spectrograms.png)",
             "",
         ]
     else:

@@ -66,6 +66,9 @@ def save_model(
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model folder is meant to be shared
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
