@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+# No GPU here: Triton kernels are tested in interpreter mode, which must be switched on before anything
+# (torch, transformers) imports triton, or the kernel tests would skip themselves.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch.set_num_threads(2)
 
 
