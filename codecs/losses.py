@@ -111,11 +111,18 @@ class Balancer:
         self.ema_fix: dict[str, float] = {}
 
     def backward(
-        self, losses: dict[str, torch.Tensor], y_hat: torch.Tensor, unbalanced: torch.Tensor | None = None
+        self,
+        losses: dict[str, torch.Tensor],
+        y_hat: torch.Tensor,
+        unbalanced: torch.Tensor | None = None,
+        scale: dict[str, float] | None = None,
     ) -> dict[str, float]:
         """Back-propagate the balanced losses through ``y_hat`` together with ``unbalanced`` (e.g. the
-        commitment loss, whose gradient does not pass through the output) in one backward pass."""
-        names = [k for k in losses if self.weights.get(k, 0) > 0]
+        commitment loss, whose gradient does not pass through the output) in one backward pass. ``scale``
+        multiplies some weights for this step (0 leaves a loss out, e.g. while the adversarial terms ramp in)."""
+        scale = scale or {}
+        weights = {k: self.weights.get(k, 0.0) * scale.get(k, 1.0) for k in losses}
+        names = [k for k in losses if weights[k] > 0]
         norms, grads = {}, {}
         for k in names:
             (g,) = torch.autograd.grad(losses[k], y_hat, retain_graph=True)
@@ -125,10 +132,10 @@ class Balancer:
             self.ema_norm[k] = self.decay * self.ema_norm.get(k, 0.0) + norm
             self.ema_fix[k] = self.decay * self.ema_fix.get(k, 0.0) + 1.0
             norms[k] = self.ema_norm[k] / self.ema_fix[k]
-        total_w = sum(self.weights[k] for k in names)
+        total_w = sum(weights[k] for k in names)
         out = torch.zeros_like(y_hat)
         for k in names:
-            out += (self.weights[k] / total_w) * self.total_norm * grads[k] / (norms[k] + 1e-12)
+            out += (weights[k] / total_w) * self.total_norm * grads[k] / (norms[k] + 1e-12)
         if unbalanced is None:
             y_hat.backward(out)
         else:

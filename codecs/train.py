@@ -48,7 +48,7 @@ class OptimConfig:
 
 
 def _default_weights() -> dict[str, float]:
-    return {"rec/mel": 1.0, "rec/complex": 1.0, "adv/gen": 3.0, "adv/feat": 3.0, "vq/commit": 1.0}
+    return {"rec/mel": 1.0, "rec/complex": 1.0, "adv/gen": 1.0, "adv/feat": 2.0, "vq/commit": 1.0}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     weights: dict = field(default_factory=_default_weights)  # balancer weights, keyed like the losses
     gan_start_step: int = 10**9  # adversarial losses from this step on (discriminators made then)
+    # A generator that is already trained must not see a random discriminator: for ``disc_warmup_steps`` only the
+    # discriminators learn, then the adversarial weights ramp linearly from 0 over ``adv_ramp_steps``.
+    disc_warmup_steps: int = 0
+    adv_ramp_steps: int = 0
     disc_batch: int = 8  # clips of each batch the discriminators see
     mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
     stft_channels: int = 8
@@ -193,11 +197,14 @@ class Trainer:
         y = out.wav[:, 0].float()
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
         d_grads, stats = None, {}
+        ramp = 0.0
         if gan:
             d_grads, d_loss = self._adversarial(x, y, losses)
-            stats["adv/disc"] = d_loss
+            ramp = self.adv_ramp()
+            stats.update({"adv/disc": d_loss, "adv/ramp": ramp})
         self.opt_g.zero_grad(set_to_none=True)
-        stats.update(self.balancer.backward(losses, y, self.cfg.weights["vq/commit"] * out.quant.commit_loss))
+        commit = self.cfg.weights["vq/commit"] * out.quant.commit_loss
+        stats.update(self.balancer.backward(losses, y, commit, scale={"adv/gen": ramp, "adv/feat": ramp}))
         self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()
         self.sched_g.step()
@@ -209,6 +216,13 @@ class Trainer:
         stats["vq/commit"] = out.quant.commit_loss.item()
         stats["vq/perplexity"] = out.quant.perplexity.mean().item()
         return stats
+
+    def adv_ramp(self) -> float:
+        """Share of the adversarial weights at this step: 0 during the discriminators' warm-up, then a ramp to 1."""
+        k = self.step - self.cfg.gan_start_step - self.cfg.disc_warmup_steps
+        if k < 0:
+            return 0.0
+        return min(1.0, (k + 1) / max(1, self.cfg.adv_ramp_steps))
 
     def _adversarial(self, x: torch.Tensor, y: torch.Tensor, losses: dict) -> tuple[list, float]:
         """One discriminator pass on real and one on generated audio serve both players: the generator's

@@ -140,3 +140,37 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     resumed = Trainer(cfg, tmp_path / "g", seed=0)
     resumed.resume()
     assert resumed.disc is not None and resumed.step == 4
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base", "encodec_peer"])
+def test_shipped_codec_configs_load(name):
+    from tokenlm.codecs.train import PeerTrainConfig
+
+    from tokenlm.config import read_yaml
+
+    cls = PeerTrainConfig if read_yaml(f"codec/{name}").get("arch") == "encodec-peer" else TrainConfig
+    cfg = load_config(cls, f"codec/{name}")
+    assert cfg.model.sample_rate in (16000, 24000)
+
+
+def test_discriminator_warmup_then_adversarial_ramp(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(
+        tiny_cfg(corpus), gan_start_step=1, disc_warmup_steps=2, adv_ramp_steps=2, disc_batch=2,
+        mpd_channels=(2, 4), stft_channels=2,
+    )
+    t = Trainer(cfg, tmp_path / "w", seed=0)
+    ramps = []
+    for n in range(1, 6):
+        t.fit(max_minutes=None, max_steps=n)
+        ramps.append(t.adv_ramp())
+    # steps 1, 2: discriminators only; then 1/2, 1, 1
+    assert ramps[:4] == [0.0, 0.0, 0.5, 1.0], ramps
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
+    during = [r for r in rows if r.get("adv/ramp") == 0.0]
+    after = [r for r in rows if r.get("adv/ramp", 0) > 0]
+    assert during and after
+    assert all("grad_norm/adv/gen" not in r for r in during)  # the balancer left them out
+    assert all("grad_norm/adv/gen" in r for r in after)
