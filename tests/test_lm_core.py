@@ -204,9 +204,7 @@ def test_sample_respects_allowed_ids_top_k_top_p():
 def test_constrained_generation_never_leaves_ranges():
     v = tiny_vocab(n_q=3)
     m = tiny_model(v, seed=1)
-    prompt = (
-        Prompt(v, 3).special("bos").task("continue").codec(v.codes_to_ids(torch.randint(0, 16, (1, 3, 4)))[0])
-    )
+    prompt = Prompt(v, 3).special("bos").task("continue").codec(v.codes_to_ids(torch.randint(0, 16, (1, 3, 4)))[0])
     ids = prompt.build().ids[None].repeat(3, 1, 1)
     g = torch.Generator().manual_seed(0)
     frames = list(stream_codec(m, ids, max_frames=12, p=SamplingParams(temperature=1.5), generator=g))
@@ -214,11 +212,7 @@ def test_constrained_generation_never_leaves_ranges():
     for f in frames:
         for k in range(3):
             r = v.codec_range(k)
-            ok = (
-                ((f[:, k] >= r.start) & (f[:, k] < r.stop))
-                | (f[:, k] == v.special("fill"))
-                | (f[:, k] == v.eos)
-            )
+            ok = ((f[:, k] >= r.start) & (f[:, k] < r.stop)) | (f[:, k] == v.special("fill")) | (f[:, k] == v.eos)
             assert ok.all()
     codes, lengths = generate_codec(m, ids, max_frames=12, p=SamplingParams(temperature=1.5), generator=g)
     assert codes.shape[:2] == (3, 3) and (codes >= 0).all() and (codes < 16).all()
@@ -259,3 +253,68 @@ def test_greedy_decode_matches_full_forward_argmax():
     seq = torch.cat([prompt] + [s[:, :, None] for s in rule_steps], dim=2)
     full = m(seq[:, :, :-1]).logits.masked_fill(~kind_masks(v, ("any",))[0], float("-inf"))
     assert torch.equal(full[0, 5:].argmax(-1), seq[0, 0, 6:])
+
+
+# --------------------------------------------------------------------------- int8 decoding
+
+
+def test_quantize_rows_error_is_half_a_step():
+    from tokenlm.quant import quantize_rows
+
+    w = torch.randn(24, 40) * torch.logspace(-3, 1, 24)[:, None]  # rows of very different scales
+    q, s = quantize_rows(w)
+    assert q.dtype == torch.int8 and s.shape == (24,)
+    err = (q.float() * s.float()[:, None] - w).abs()
+    # scales are stored in bf16 (3 significant digits): allow that on top of half a quantization step
+    assert (err <= 0.5 * s.float()[:, None] + 0.01 * w.abs().amax(1, keepdim=True)).all()
+
+
+def test_int8_decoding_copy_keeps_a_trained_models_greedy_output():
+    from tokenlm.quant import Int8Linear, decoding_copy
+    from tokenlm.sampling import TokenRule, _Scorer
+
+    v = tiny_vocab(n_q=2)
+    torch.manual_seed(0)
+    m = TokenLM(config_for_vocab(TokenLMConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=128), v))
+    m.vocab = v
+    seq = torch.randint(4, v.n_used, (1, 1, 40))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = lm_loss(m(seq[:, :, :-1]), seq[:, :, 1:], torch.ones(1, 1, 39, dtype=torch.bool), m.cfg)["lm/loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    fast = decoding_copy(m, "int8")
+    assert isinstance(fast.blocks[0].attn.qkv, Int8Linear) and isinstance(m.blocks[0].attn.qkv, torch.nn.Linear)
+    assert fast.vocab is m.vocab
+
+    def greedy(model):
+        rule = TokenRule(v, 1, 1, kind="any", max_tokens=30)
+        return torch.stack(list(decode_steps(model, seq[:, :, :10], rule, SamplingParams(temperature=0))))
+
+    out32, out8 = greedy(m), greedy(fast)
+    assert torch.equal(out32[:, 0, 0], seq[0, 0, 10:]), "the fp32 model did not memorise the sequence"
+    assert torch.equal(out8, out32)
+    with torch.no_grad():
+        a, b = m(seq).logits, fast(seq).logits
+        assert ((a - b).norm() / a.norm()) < 0.03
+        # the sampler's int8 scoring of a codebook head matches the fp32 rows
+        h = torch.randn(3, 64)
+        mask = kind_masks(v, ("codec.1",))[0]
+        l32, ids32 = _Scorer(m).logits(1, mask, h)
+        l8, ids8 = _Scorer(fast).logits(1, mask, h)
+        assert torch.equal(ids32, ids8) and ((l8 - l32).norm() / l32.norm()) < 0.03
+
+
+def test_decoding_copy_refuses_unknown_precision_and_runs_bf16():
+    from tokenlm.quant import decoding_copy
+
+    v = tiny_vocab(n_q=1)
+    m = tiny_model(v)
+    with pytest.raises(TokenlmError, match="decode precision"):
+        decoding_copy(m, "int4")
+    b = decoding_copy(m, "bf16")
+    assert b.head.weight.dtype == torch.bfloat16 and m.head.weight.dtype == torch.float32
+    out = generate_tokens(b, torch.randint(1, v.n_used, (1, 1, 5)), kind="any", max_tokens=4)
+    assert len(out) == 1 and out[0].numel() <= 4

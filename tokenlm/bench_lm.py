@@ -5,7 +5,8 @@ Measured (each a best of several alternating repeats, because the CPU is shared 
 * training tokens/s (forward + backward + AdamW step) of ``TokenLM`` and ``GPT2LMHeadModel`` (random
   init from a ``GPT2Config`` with the same width, depth, heads, vocabulary and sequence length);
 * cached generation steps/s (batch 1, greedy) of our ``sampling.decode_steps`` and of GPT-2's
-  ``generate`` with its KV cache;
+  ``generate`` with its KV cache: ours with int8 weights (``tokenlm.quant``, what generation uses) and
+  ours in fp32 like GPT-2 (``gen_vs_hf_gpt2_both_fp32``);
 * the KV-cache speed-up: the same 500 greedy steps with the cache vs recomputing the whole prefix;
 * the small config generating codec frames (delay pattern, 8 codebooks): frames/s and the real-time
   factor at 50 frames/s.
@@ -21,6 +22,7 @@ from types import SimpleNamespace
 import torch
 
 from .model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
+from .quant import DEFAULT_DECODE_PRECISION, decoding_copy
 from .sampling import SamplingParams, TokenRule, decode_steps, stream_codec
 from .vocab import Vocab
 
@@ -39,9 +41,7 @@ class Shape:
 
 
 FULL = Shape()
-QUICK = Shape(
-    n_layers=2, dim=128, n_heads=2, vocab=1024, batch=2, seq_len=128, gen_steps=40, prompt=8, repeats=2
-)
+QUICK = Shape(n_layers=2, dim=128, n_heads=2, vocab=1024, batch=2, seq_len=128, gen_steps=40, prompt=8, repeats=2)
 
 
 def ours(s: Shape) -> TokenLM:
@@ -176,20 +176,26 @@ def small_codec_speed(quick: bool) -> dict:
         [vocab.special("bos"), vocab.task("tts"), vocab.text_to_ids([5])[0], vocab.special("sep")]
     )
     p = SamplingParams(temperature=1.0, top_k=50)
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(1 if quick else 3):
-        t, c = time.perf_counter(), time.process_time()
-        n = sum(1 for _ in stream_codec(m, prompt, frames, p, allow_eos=False))
-        best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
-    # wall time is what a user waits on this shared CPU; CPU time is what an idle core would need
-    return {
-        "small_params_m": round(m.num_params() / 1e6, 2),
-        "small_decode_threads": p.threads,
-        "small_frames_per_s": round(n / best, 1),
-        "small_realtime_factor_at_50hz": round(n / best / 50, 2),
-        "small_frames_per_cpu_s": round(n / best_cpu, 1),
-        "small_realtime_factor_at_50hz_cpu_time": round(n / best_cpu / 50, 2),
-    }
+    fast = decoding_copy(m, DEFAULT_DECODE_PRECISION)
+    res = {"small_params_m": round(m.num_params() / 1e6, 2), "small_decode_threads": p.threads}
+    for name, model in ((DEFAULT_DECODE_PRECISION, fast), ("fp32", m)):
+        best, best_cpu = float("inf"), float("inf")
+        for _ in range(1 if quick else 3):
+            t, c = time.perf_counter(), time.process_time()
+            n = sum(1 for _ in stream_codec(model, prompt, frames, p, allow_eos=False))
+            best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
+        # wall time is what a user waits on this shared CPU; CPU time is what an idle core would need
+        sfx = "" if name == DEFAULT_DECODE_PRECISION else f"_{name}"
+        res.update(
+            {
+                f"small_frames_per_s{sfx}": round(n / best, 1),
+                f"small_realtime_factor_at_50hz{sfx}": round(n / best / 50, 2),
+                f"small_frames_per_cpu_s{sfx}": round(n / best_cpu, 1),
+                f"small_realtime_factor_at_50hz_cpu_time{sfx}": round(n / best_cpu / 50, 2),
+            }
+        )
+    res["small_decode_precision"] = DEFAULT_DECODE_PRECISION
+    return res
 
 
 # --------------------------------------------------------------------------- driver
@@ -243,18 +249,24 @@ def generation(s: Shape, threads: int = 1) -> dict:
 def _generation(s: Shape) -> dict:
     m = ours(s).eval()
     g = hf_gpt2(s, m.vocab.size).eval()
+    fast = decoding_copy(m, DEFAULT_DECODE_PRECISION)
     prompt = torch.randint(64, m.vocab.size, (1, 1, s.prompt))
     n = s.gen_steps
-    t_c, t_hf = best_time([lambda: gen_ours(m, prompt, n), lambda: gen_hf(g, prompt, n)], s.repeats)
+    t_fast, t_c, t_hf = best_time(
+        [lambda: gen_ours(fast, prompt, n), lambda: gen_ours(m, prompt, n), lambda: gen_hf(g, prompt, n)], s.repeats
+    )
     (t_full,) = best_time([lambda: gen_ours_no_cache(m, prompt, n)], 1)
     same = torch.equal(gen_ours(m, prompt, n), gen_ours_no_cache(m, prompt, n))
     return {
         "gen_steps": n,
-        "gen_steps_per_s": round(n / t_c, 1),
+        "gen_decode_precision": f"ours: {DEFAULT_DECODE_PRECISION} weights (tokenlm.quant); hf_gpt2: fp32",
+        "gen_steps_per_s": round(n / t_fast, 1),
         "gen_steps_per_s_hf_gpt2": round(n / t_hf, 1),
-        "gen_steps_per_s_vs_hf_gpt2": round(t_hf / t_c, 2),
+        "gen_steps_per_s_vs_hf_gpt2": round(t_hf / t_fast, 2),
+        "gen_steps_per_s_fp32": round(n / t_c, 1),
+        "gen_vs_hf_gpt2_both_fp32": round(t_hf / t_c, 2),
         "gen_steps_per_s_no_cache": round(n / t_full, 1),
-        "kv_cache_speedup": round(t_full / t_c, 2),
+        "kv_cache_speedup": round(t_full / t_c, 2),  # both fp32
         "kv_cache_same_tokens": bool(same),
     }
 

@@ -25,6 +25,7 @@ import torch
 
 from .errors import TokenlmError
 from .prompt import kind_mask
+from .quant import int8_matmul, quantize_rows
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class _Scorer:
         self.model = model
         self.starts = (0,) + tuple(model.cfg.stream_starts)
         self.rows: dict[tuple[int, int], tuple] = {}
+        self.int8 = getattr(model, "decode_precision", "fp32") == "int8"
 
     def _weights(self, k: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (k, id(mask))
@@ -198,12 +200,17 @@ class _Scorer:
                 start, C = self.starts[k], self.model.cfg.codebook_size
                 local = mask[start : start + C].nonzero().squeeze(1)
                 ids, w = local + start, self.model.stream_heads[k - 1][local]
-            self.rows[key] = (ids, w.detach(), mask)  # keep the mask alive: its id is the key
+            w = w.detach()
+            if self.int8:  # the rows as int8 + per-row scales, like the blocks of a decoding_copy
+                w = quantize_rows(w)
+            self.rows[key] = (ids, w, mask)  # keep the mask alive: its id is the key
         return self.rows[key][:2]
 
     def logits(self, k: int, mask: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``h [B, dim]`` -> logits ``[B, n_allowed]`` and the vocabulary id of each column."""
         ids, w = self._weights(k, mask)
+        if self.int8:
+            return int8_matmul(h, *w), ids
         return h @ w.T.to(h.dtype), ids
 
 
@@ -319,9 +326,7 @@ def generate_codec(
     frames = list(stream_codec(model, prompt, max_frames, p, **kw))
     if not frames:
         K = prompt.shape[1]
-        return torch.zeros(prompt.shape[0], K, 0, dtype=torch.long), torch.zeros(
-            prompt.shape[0], dtype=torch.long
-        )
+        return torch.zeros(prompt.shape[0], K, 0, dtype=torch.long), torch.zeros(prompt.shape[0], dtype=torch.long)
     ids = torch.stack(frames, dim=2)  # [B, K, T]
     lengths = torch.full((ids.shape[0],), ids.shape[2], dtype=torch.long)
     eos_rows = ids[:, 0] == model.vocab.eos
