@@ -144,13 +144,30 @@ class Codec(nn.Module):
         return wav[:, None, :length] if length is not None else wav[:, None]
 
     # ------------------------------------------------------------------ training
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
-        """Encode, quantize with ``n_q`` codebooks (training: quantizer dropout), decode; same length as input."""
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False) -> CodecOutput:
+        """Encode, quantize with ``n_q`` codebooks (training: quantizer dropout), decode; same length as input.
+
+        ``frozen_tokens``: encoder and codebooks run without gradients or EMA updates, so only the decoder
+        learns and the codes stay exactly those of the model so far (decoder-only fine-tuning)."""
         N = wav.shape[-1]
-        quant = self.quantizer(self.latents(wav), n_q)
+        quant = quantize(self, wav, n_q, frozen_tokens)
         frames, _ = self.decoder(quant.quantized)
         out, _ = overlap_add(frames)
         return CodecOutput(out[:, None, :N], quant)
+
+
+def quantize(model, wav: torch.Tensor, n_q: int | None, frozen_tokens: bool):
+    """``model.quantizer(model.latents(wav), n_q)``; with ``frozen_tokens`` under no_grad and without EMA
+    updates (shared by the codec and the EnCodec peer)."""
+    if not frozen_tokens:
+        return model.quantizer(model.latents(wav), n_q)
+    was = model.quantizer.training
+    model.quantizer.eval()
+    try:
+        with torch.no_grad():
+            return model.quantizer(model.latents(wav), n_q)
+    finally:
+        model.quantizer.train(was)
 
 
 class StreamingEncoder:

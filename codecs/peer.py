@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .codec import CodecOutput
+from .codec import CodecOutput, quantize
 from .rvq import ResidualVQ
 
 
@@ -83,6 +83,6 @@ class EncodecPeer(nn.Module):
         wav = self._decode_latents(self.quantizer.decode(codes))
         return wav[..., :length] if length is not None else wav
 
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
-        quant = self.quantizer(self.latents(wav), n_q)
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False) -> CodecOutput:
+        quant = quantize(self, wav, n_q, frozen_tokens)
         return CodecOutput(self._decode_latents(quant.quantized)[..., : wav.shape[-1]], quant)

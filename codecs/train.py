@@ -64,6 +64,10 @@ class TrainConfig:
     # discriminators learn, then the adversarial weights ramp linearly from 0 over ``adv_ramp_steps``.
     disc_warmup_steps: int = 0
     adv_ramp_steps: int = 0
+    # In the adversarial phase only the decoder learns: encoder and codebooks stay as they were, so the codes
+    # (what the LM is trained on, what .tlm files hold) do not change. (A multi-GPU run of this phase needs
+    # DDP's find_unused_parameters.)
+    gan_freeze_tokens: bool = False
     disc_batch: int = 8  # clips of each batch the discriminators see
     mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
     stft_channels: int = 8
@@ -193,7 +197,7 @@ class Trainer:
             self._make_disc()
             self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
         with self.autocast():
-            out = self.model(x[:, None], self.n_q_for_step())
+            out = self.model(x[:, None], self.n_q_for_step(), frozen_tokens=gan and self.cfg.gan_freeze_tokens)
         y = out.wav[:, 0].float()
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
         d_grads, stats = None, {}
@@ -203,7 +207,7 @@ class Trainer:
             ramp = self.adv_ramp()
             stats.update({"adv/disc": d_loss, "adv/ramp": ramp})
         self.opt_g.zero_grad(set_to_none=True)
-        commit = self.cfg.weights["vq/commit"] * out.quant.commit_loss
+        commit = self.cfg.weights["vq/commit"] * out.quant.commit_loss if out.quant.commit_loss.requires_grad else None
         stats.update(self.balancer.backward(losses, y, commit, scale={"adv/gen": ramp, "adv/feat": ramp}))
         self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()

@@ -123,7 +123,15 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     cfg = dataclasses.replace(
-        tiny_cfg(corpus), gan_start_step=1, disc_batch=2, mpd_channels=(2, 4), stft_channels=2, precision="bf16"
+        tiny_cfg(corpus),
+        gan_start_step=1,
+        disc_warmup_steps=0,
+        adv_ramp_steps=0,
+        gan_freeze_tokens=False,
+        disc_batch=2,
+        mpd_channels=(2, 4),
+        stft_channels=2,
+        precision="bf16",
     )
     t = Trainer(cfg, tmp_path / "g", seed=0)
     t.fit(max_minutes=None, max_steps=1)
@@ -174,3 +182,18 @@ def test_discriminator_warmup_then_adversarial_ramp(tmp_path, corpus, monkeypatc
     assert during and after
     assert all("grad_norm/adv/gen" not in r for r in during)  # the balancer left them out
     assert all("grad_norm/adv/gen" in r for r in after)
+
+
+def test_gan_phase_with_frozen_tokens_trains_only_the_decoder(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(
+        tiny_cfg(corpus), gan_start_step=2, gan_freeze_tokens=True, disc_batch=2, mpd_channels=(2, 4),
+        stft_channels=2,
+    )
+    t = Trainer(cfg, tmp_path / "f", seed=0)
+    t.fit(max_minutes=None, max_steps=2)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit(max_minutes=None, max_steps=4)
+    after = t.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
