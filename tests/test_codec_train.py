@@ -164,8 +164,13 @@ def test_shipped_codec_configs_load(name):
 def test_discriminator_warmup_then_adversarial_ramp(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     cfg = dataclasses.replace(
-        tiny_cfg(corpus), gan_start_step=1, disc_warmup_steps=2, adv_ramp_steps=2, disc_batch=2,
-        mpd_channels=(2, 4), stft_channels=2,
+        tiny_cfg(corpus),
+        gan_start_step=1,
+        disc_warmup_steps=2,
+        adv_ramp_steps=2,
+        disc_batch=2,
+        mpd_channels=(2, 4),
+        stft_channels=2,
     )
     t = Trainer(cfg, tmp_path / "w", seed=0)
     ramps = []
@@ -187,7 +192,11 @@ def test_discriminator_warmup_then_adversarial_ramp(tmp_path, corpus, monkeypatc
 def test_gan_phase_with_frozen_tokens_trains_only_the_decoder(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
     cfg = dataclasses.replace(
-        tiny_cfg(corpus), gan_start_step=2, gan_freeze_tokens=True, disc_batch=2, mpd_channels=(2, 4),
+        tiny_cfg(corpus),
+        gan_start_step=2,
+        gan_freeze_tokens=True,
+        disc_batch=2,
+        mpd_channels=(2, 4),
         stft_channels=2,
     )
     t = Trainer(cfg, tmp_path / "f", seed=0)
