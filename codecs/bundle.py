@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from tokenlm.checkpoint import load_weights, read_model_config, save_model
+from tokenlm.checkpoint import load_state, load_weights, read_model_config, save_model
 from tokenlm.pretrained import WEIGHTS_DIR, register
 from tokenlm.utils import atomic_write_text
 
 from .evaluate import markdown
 
 
-def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | None) -> str:
+def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | None, train: dict | None = None) -> str:
+    """The model card; ``train`` is the run's training config (from its state file) when there is one."""
     meta, cfg = doc.get("meta", {}), doc["config"]
     lines = [
         f"# {name}: tokenlm's 16 kHz neural audio codec",
@@ -39,10 +40,28 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         f"wall time: {meta.get('train_hours')} h on 1 thread of a shared 2-core CPU (no GPU).",
         "- data (train split of `tokenlm data build --recipe small`): real speech (Fish Fillets NG nl/cs, Tux Paint "
         "descriptions in 13 languages, KLettres; GPL-2), game music (Wesnoth, SuperTux, SuperTuxKart, Frozen Bubble) "
-        "and sound events; weights speech 0.5 / synthetic speech 0.15 (espeak-ng, festival, flite, piper; joined the run at step 4,127 when its manifest appeared) / music 0.25 / sounds 0.1.",
+        "and sound events; weights speech 0.5 / synthetic speech 0.15 (espeak-ng, festival, flite, piper; joined "
+        "the run at step 4,127 when its manifest appeared) / music 0.25 / sounds 0.1.",
         "- losses: multi-resolution log+linear mel L1 and power-law compressed complex STFT MSE through EnCodec's "
-        "loss balancer, commitment loss; no adversarial losses yet (the discriminators exist; switching them on "
-        "is the next step for perceptual quality).",
+        "loss balancer, commitment loss.",
+    ]
+    gan = (train or {}).get("gan_start_step", 10**9)
+    if gan < (meta.get("steps") or 0):
+        frozen = train.get("gan_freeze_tokens", False)
+        lines.append(
+            f"- adversarial phase from step {gan:,}: multi-period + multi-scale STFT discriminators (hinge loss, "
+            f"feature matching), {train.get('disc_warmup_steps', 0)} steps of discriminator warm-up, then the "
+            f"adversarial weights ramp in over {train.get('adv_ramp_steps', 0)} steps"
+            + (
+                "; only the decoder learns in this phase (encoder and codebooks frozen), so the codes are exactly "
+                "those of the model at that step."
+                if frozen
+                else "."
+            )
+        )
+    else:
+        lines.append("- no adversarial losses yet (the discriminators exist; switching them on is the next step).")
+    lines += [
         "",
         "## Held-out results",
         "",
@@ -81,7 +100,14 @@ def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, be
     doc = read_model_config(dest)
     ev = json.loads(Path(eval_json).read_text()) if eval_json else None
     be = json.loads(Path(bench_json).read_text()) if bench_json else None
-    atomic_write_text(dest / "README.md", model_card(name, doc, ev, be))
+    train = None
+    if (run / "state.safetensors").exists():
+        train = json.loads(load_state(run / "state.safetensors")["config"])
+    elif (dest / "training.json").exists():
+        train = json.loads((dest / "training.json").read_text())
+    if train is not None:
+        atomic_write_text(dest / "training.json", json.dumps(train, indent=1) + "\n")
+    atomic_write_text(dest / "README.md", model_card(name, doc, ev, be, train))
     register(name, "codec")
     return dest
 

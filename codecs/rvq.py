@@ -41,7 +41,8 @@ def _encode_fallback(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tens
 
 
 def rvq_search(x: torch.Tensor, codebooks: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Nearest codes at every level: x ``[N, D]``, codebooks ``[K, M, D]`` -> (codes ``[N, K]``, quantized ``[N, D]``)."""
+    """Nearest codes at every level: x ``[N, D]``, codebooks ``[K, M, D]``
+    -> (codes ``[N, K]``, quantized ``[N, D]``)."""
     try:
         from tokenlm.kernels import rvq_encode
     except ImportError:

@@ -206,3 +206,24 @@ def test_gan_phase_with_frozen_tokens_trains_only_the_decoder(tmp_path, corpus, 
     after = t.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+
+
+def test_model_card_describes_the_adversarial_phase():
+    from tokenlm.codecs.bundle import model_card
+
+    doc = {
+        "config": {
+            "encoder_layers": 4,
+            "dim": 256,
+            "n_q": 12,
+            "codebook_size": 1024,
+            "decoder_layers": 8,
+            "sample_rate": 16000,
+            "hop": 320,
+        },
+        "meta": {"steps": 15000, "train_hours": 3.0, "audio_hours_seen": 66.7},
+    }
+    train = {"gan_start_step": 11630, "gan_freeze_tokens": True, "disc_warmup_steps": 300, "adv_ramp_steps": 1000}
+    card = model_card("codec-16k", doc, None, None, train)
+    assert "adversarial phase from step 11,630" in card and "only the decoder learns" in card
+    assert "no adversarial losses" in model_card("codec-16k", doc, None, None, {"gan_start_step": 20000})

@@ -23,7 +23,10 @@ Adder = Callable[[argparse.ArgumentParser], None]
 
 def _parser(sub, name: str, help: str, example: str, target: str, add: Adder | None = None):
     p = sub.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}\n",
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if add:
@@ -42,8 +45,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _group(sub, name: str, help: str, children: dict[str, tuple[str, str, str, Adder | None]]):
     examples = "\n".join(f"  {ex}" for _, ex, _, _ in children.values())
-    p = sub.add_parser(name, help=help, description=help, epilog=f"examples:\n{examples}\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"examples:\n{examples}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     inner = p.add_subparsers(dest=f"{name}_what", metavar="WHAT", required=True)
     for child, (chelp, example, target, add) in children.items():
         _parser(inner, child, chelp, example, target, add)
@@ -61,8 +69,12 @@ def _compress_args(p):
 
 
 def _precision(p):
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="inference precision (auto: bf16 where the CPU has native bf16, ~2x faster)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="inference precision (auto: bf16 where the CPU has native bf16, ~2x faster)",
+    )
 
 
 def _decompress_args(p):
@@ -148,8 +160,11 @@ def _eval_args(model: str):
 
 def _semantic_eval_args(p):
     _eval_args("semantic-16k")(p)
-    p.add_argument("--manifest", default=None,
-                   help="manifest with an eval split and phone files (default: the built-in espeak corpus)")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="manifest with an eval split and phone files (default: the built-in espeak corpus)",
+    )
 
 
 def _bench_args(p):
@@ -169,60 +184,196 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"tokenlm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _parser(sub, "compress", "compress audio to a .tlm token file", "tokenlm compress speech.wav -o speech.tlm --kbps 1.5",
-            "tokenlm.codecs.compress:cli_compress", _compress_args)
-    _parser(sub, "decompress", "decode a .tlm token file to audio", "tokenlm decompress speech.tlm -o speech.wav",
-            "tokenlm.codecs.compress:cli_decompress", _decompress_args)
-    _parser(sub, "asr", "transcribe speech", "tokenlm asr speech.wav", "tokenlm.tasks.asr:cli",
-            lambda p: _in_model(p, "lm-small"))
-    _parser(sub, "tts", "speak text, optionally in the voice of a prompt clip",
-            'tokenlm tts "Hello there." -o hello.wav --voice prompt.wav', "tokenlm.tasks.tts:cli", _tts_args)
-    _parser(sub, "separate", "separate a mixture into sources", "tokenlm separate mix.wav -o sources/",
-            "tokenlm.tasks.separation:cli", _separate_args)
-    _parser(sub, "caption", "describe the sounds in a clip", "tokenlm caption rain.wav", "tokenlm.tasks.captioning:cli",
-            lambda p: _in_model(p, "lm-small"))
-    _parser(sub, "continue", "continue a piece of music", "tokenlm continue tune.wav -o longer.wav --seconds 10",
-            "tokenlm.tasks.music:cli", _continue_args)
-    _parser(sub, "demo", "start the Gradio demo (one tab per task)", "tokenlm demo --port 7860",
-            "tokenlm.apps.demo:cli", _demo_args)
-    _group(sub, "data", "build and inspect the corpus", {
-        "build": ("fetch packages and build the corpus manifests", "tokenlm data build --recipe small",
-                  "tokenlm.corpus.build:cli_build", _data_build_args),
-        "stats": ("hours, speakers and languages per split", "tokenlm data stats --json",
-                  "tokenlm.corpus.stats:cli_stats", _data_stats_args),
-    })
-    _parser(sub, "tokenize", "turn a manifest into token shards", "tokenlm tokenize train.jsonl -o shards/ --semantic",
-            "tokenlm.data:cli_tokenize", _tokenize_args)
-    _group(sub, "train", "train a model", {
-        "codec": ("train the RVQ codec", "tokenlm train codec --config codec/small --max-minutes 60",
-                  "tokenlm.codecs.train:cli", _train_args("codec/small")),
-        "semantic": ("train the semantic tokenizer", "tokenlm train semantic --config semantic/small",
-                     "tokenlm.codecs.semantic_train:cli", _train_args("semantic/small")),
-        "lm": ("train the token LM", "tokenlm train lm --config lm/small", "tokenlm.train:cli", _train_args("lm/small")),
-    })
-    _group(sub, "eval", "evaluate a model against its peers", {
-        "codec": ("codec vs Opus, Codec2 and EnCodec", "tokenlm eval codec --json", "tokenlm.codecs.evaluate:cli",
-                  _eval_args("codec-16k")),
-        "semantic": ("semantic units: PNMI, purity, speaker invariance", "tokenlm eval semantic --json",
-                     "tokenlm.codecs.semantic_eval:cli", _semantic_eval_args),
-        "asr": ("WER on held-out speech", "tokenlm eval asr --json", "tokenlm.tasks.asr:cli_eval", _eval_args("lm-small")),
-        "tts": ("TTS intelligibility and speaker similarity", "tokenlm eval tts --json", "tokenlm.tasks.tts:cli_eval",
-                _eval_args("lm-small")),
-        "separation": ("SI-SDR improvement on held-out mixtures", "tokenlm eval separation --json",
-                       "tokenlm.tasks.separation:cli_eval", _eval_args("lm-small")),
-        "caption": ("captioning accuracy on held-out clips", "tokenlm eval caption --json",
-                    "tokenlm.tasks.captioning:cli_eval", _eval_args("lm-small")),
-    })
-    _group(sub, "bench", "measure speed", {
-        "codec": ("codec encode/decode real-time factor", "tokenlm bench codec --json", "tokenlm.codecs.bench:cli",
-                  _bench_args),
-        "rvq": ("RVQ encode vs vector-quantize-pytorch", "tokenlm bench rvq --json", "tokenlm.kernels.bench:cli_rvq",
-                _bench_args),
-        "attention": ("attention kernels vs naive and SDPA", "tokenlm bench attention --json",
-                      "tokenlm.kernels.bench:cli_attention", _bench_args),
-        "lm": ("LM training/generation speed vs HF GPT-2", "tokenlm bench lm --json", "tokenlm.bench_lm:cli",
-               _bench_args),
-    })
+    _parser(
+        sub,
+        "compress",
+        "compress audio to a .tlm token file",
+        "tokenlm compress speech.wav -o speech.tlm --kbps 1.5",
+        "tokenlm.codecs.compress:cli_compress",
+        _compress_args,
+    )
+    _parser(
+        sub,
+        "decompress",
+        "decode a .tlm token file to audio",
+        "tokenlm decompress speech.tlm -o speech.wav",
+        "tokenlm.codecs.compress:cli_decompress",
+        _decompress_args,
+    )
+    _parser(
+        sub,
+        "asr",
+        "transcribe speech",
+        "tokenlm asr speech.wav",
+        "tokenlm.tasks.asr:cli",
+        lambda p: _in_model(p, "lm-small"),
+    )
+    _parser(
+        sub,
+        "tts",
+        "speak text, optionally in the voice of a prompt clip",
+        'tokenlm tts "Hello there." -o hello.wav --voice prompt.wav',
+        "tokenlm.tasks.tts:cli",
+        _tts_args,
+    )
+    _parser(
+        sub,
+        "separate",
+        "separate a mixture into sources",
+        "tokenlm separate mix.wav -o sources/",
+        "tokenlm.tasks.separation:cli",
+        _separate_args,
+    )
+    _parser(
+        sub,
+        "caption",
+        "describe the sounds in a clip",
+        "tokenlm caption rain.wav",
+        "tokenlm.tasks.captioning:cli",
+        lambda p: _in_model(p, "lm-small"),
+    )
+    _parser(
+        sub,
+        "continue",
+        "continue a piece of music",
+        "tokenlm continue tune.wav -o longer.wav --seconds 10",
+        "tokenlm.tasks.music:cli",
+        _continue_args,
+    )
+    _parser(
+        sub,
+        "demo",
+        "start the Gradio demo (one tab per task)",
+        "tokenlm demo --port 7860",
+        "tokenlm.apps.demo:cli",
+        _demo_args,
+    )
+    _group(
+        sub,
+        "data",
+        "build and inspect the corpus",
+        {
+            "build": (
+                "fetch packages and build the corpus manifests",
+                "tokenlm data build --recipe small",
+                "tokenlm.corpus.build:cli_build",
+                _data_build_args,
+            ),
+            "stats": (
+                "hours, speakers and languages per split",
+                "tokenlm data stats --json",
+                "tokenlm.corpus.stats:cli_stats",
+                _data_stats_args,
+            ),
+        },
+    )
+    _parser(
+        sub,
+        "tokenize",
+        "turn a manifest into token shards",
+        "tokenlm tokenize train.jsonl -o shards/ --semantic",
+        "tokenlm.data:cli_tokenize",
+        _tokenize_args,
+    )
+    _group(
+        sub,
+        "train",
+        "train a model",
+        {
+            "codec": (
+                "train the RVQ codec",
+                "tokenlm train codec --config codec/small --max-minutes 60",
+                "tokenlm.codecs.train:cli",
+                _train_args("codec/small"),
+            ),
+            "semantic": (
+                "train the semantic tokenizer",
+                "tokenlm train semantic --config semantic/small",
+                "tokenlm.codecs.semantic_train:cli",
+                _train_args("semantic/small"),
+            ),
+            "lm": (
+                "train the token LM",
+                "tokenlm train lm --config lm/small",
+                "tokenlm.train:cli",
+                _train_args("lm/small"),
+            ),
+        },
+    )
+    _group(
+        sub,
+        "eval",
+        "evaluate a model against its peers",
+        {
+            "codec": (
+                "codec vs Opus, Codec2 and EnCodec",
+                "tokenlm eval codec --json",
+                "tokenlm.codecs.evaluate:cli",
+                _eval_args("codec-16k"),
+            ),
+            "semantic": (
+                "semantic units: PNMI, purity, speaker invariance",
+                "tokenlm eval semantic --json",
+                "tokenlm.codecs.semantic_eval:cli",
+                _semantic_eval_args,
+            ),
+            "asr": (
+                "WER on held-out speech",
+                "tokenlm eval asr --json",
+                "tokenlm.tasks.asr:cli_eval",
+                _eval_args("lm-small"),
+            ),
+            "tts": (
+                "TTS intelligibility and speaker similarity",
+                "tokenlm eval tts --json",
+                "tokenlm.tasks.tts:cli_eval",
+                _eval_args("lm-small"),
+            ),
+            "separation": (
+                "SI-SDR improvement on held-out mixtures",
+                "tokenlm eval separation --json",
+                "tokenlm.tasks.separation:cli_eval",
+                _eval_args("lm-small"),
+            ),
+            "caption": (
+                "captioning accuracy on held-out clips",
+                "tokenlm eval caption --json",
+                "tokenlm.tasks.captioning:cli_eval",
+                _eval_args("lm-small"),
+            ),
+        },
+    )
+    _group(
+        sub,
+        "bench",
+        "measure speed",
+        {
+            "codec": (
+                "codec encode/decode real-time factor",
+                "tokenlm bench codec --json",
+                "tokenlm.codecs.bench:cli",
+                _bench_args,
+            ),
+            "rvq": (
+                "RVQ encode vs vector-quantize-pytorch",
+                "tokenlm bench rvq --json",
+                "tokenlm.kernels.bench:cli_rvq",
+                _bench_args,
+            ),
+            "attention": (
+                "attention kernels vs naive and SDPA",
+                "tokenlm bench attention --json",
+                "tokenlm.kernels.bench:cli_attention",
+                _bench_args,
+            ),
+            "lm": (
+                "LM training/generation speed vs HF GPT-2",
+                "tokenlm bench lm --json",
+                "tokenlm.bench_lm:cli",
+                _bench_args,
+            ),
+        },
+    )
     return p
 
 
