@@ -247,6 +247,11 @@ class SemanticTokenizer(nn.Module):
         layer = layer or self.cfg.unit_layer
         return self.encoder(self.encoder.frames(wav), upto=layer).layers[layer - 1]
 
+    def forward(self, wav: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked prediction (training): mono ``wav`` [B, N] with frames ``mask`` [B, T] hidden -> target logits
+        ``[B, T, n_targets]``. One module call, so that DDP sees the whole forward pass."""
+        return self.head(self.encoder(self.encoder.frames(wav), mask).hidden)
+
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav`` [B, C, N] float at ``sample_rate`` (channels are averaged) -> ``codes`` [B, 1, T] int64,

@@ -6,6 +6,9 @@ iteration-1 model). The run folder holds ``state.safetensors`` (model, optimizer
 centroids; written atomically every ``checkpoint_minutes``) and, at the end, ``model/``: the exported
 tokenizer with its unit k-means, loadable with ``tokenlm.pretrained.load``.
 
+Training runs through ``accelerate`` (one CPU process here, DDP on many GPUs: ``accelerate launch -m tokenlm.cli
+train semantic ...``; each process draws its own crops) with bf16 autocast of the student (``precision``).
+
 Augmentation: speed perturbation (resampling, which moves pitch and formants too) is applied to the
 clean signal the targets are computed from; additive noise (sound events from the corpus, else coloured
 Gaussian noise) only to the input, so the model learns to predict clean units from noisy speech.
@@ -19,6 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +71,7 @@ class SemanticTrainConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 50
     threads: int = 1
+    precision: str = "bf16"  # autocast of the student's forward: "bf16" (1.8x faster here, AVX-512 BF16) or "fp32"
 
 
 # --------------------------------------------------------------------------- data
@@ -172,6 +177,10 @@ class MfccTargets:
     def features(self, wav: torch.Tensor) -> torch.Tensor:
         return mfcc_features(self.logmel(wav))
 
+    def to(self, device) -> MfccTargets:
+        self.logmel, self.centroids = self.logmel.to(device), self.centroids.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
         f = self.features(wav)
@@ -186,6 +195,10 @@ class LayerTargets:
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
         return self.teacher.features(wav, self.layer)
+
+    def to(self, device) -> LayerTargets:
+        self.teacher, self.centroids = self.teacher.to(device), self.centroids.to(device)
+        return self
 
     @torch.no_grad()
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
@@ -220,10 +233,22 @@ def make_targets(cfg: SemanticTrainConfig, clips: list[Clip], teacher: SemanticT
 @dataclass
 class Run:
     cfg: SemanticTrainConfig
-    model: SemanticTokenizer
+    model: SemanticTokenizer  # wrapped by accelerate (DDP) once ``prepare`` ran: use ``raw`` for its weights
     opt: torch.optim.Optimizer
     targets: MfccTargets | LayerTargets
     step: int = 0
+    acc: Any = None  # accelerate.Accelerator
+
+    def prepare(self) -> None:
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.model, self.opt = self.acc.prepare(self.model, self.opt)
+        self.targets.to(self.acc.device)
+
+    @property
+    def raw(self) -> SemanticTokenizer:
+        return self.acc.unwrap_model(self.model) if self.acc is not None else self.model
 
 
 def lr_at(cfg: SemanticTrainConfig, step: int) -> float:
@@ -236,19 +261,27 @@ def lr_at(cfg: SemanticTrainConfig, step: int) -> float:
 
 def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
     cfg, model = run.cfg, run.model
-    clean, noisy, valid = batch
+    if cfg.precision not in ("bf16", "fp32"):
+        raise TokenlmError(f"precision must be bf16 or fp32, not {cfg.precision!r}")
+    device = next(model.parameters()).device
+    clean, noisy, valid = (x.to(device) for x in batch)
     targets = run.targets(clean)  # [B, T]
-    feats = model.encoder.frames(noisy)
     B, T = targets.shape
     frame_valid = valid[:, :: cfg.model.hop_length][:, :T]
-    mask = span_mask(B, T, cfg.mask_prob, cfg.mask_span, gen) & frame_valid
-    logits = model.head(model.encoder(feats, mask).hidden)  # [B, T, n_targets]
+    mask = span_mask(B, T, cfg.mask_prob, cfg.mask_span, gen).to(device) & frame_valid
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        logits = model(noisy, mask)  # [B, T, n_targets]
+    logits = logits.float()
     loss = F.cross_entropy(logits[mask], targets[mask])
     for g in run.opt.param_groups:
         g["lr"] = lr_at(cfg, run.step)
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if run.acc is not None:
+        run.acc.backward(loss)
+        run.acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     run.opt.step()
     run.step += 1
     acc = (logits[mask].argmax(-1) == targets[mask]).float().mean()
@@ -256,7 +289,9 @@ def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
 
 
 def save_run(run: Run, out: Path, batcher: Batcher) -> None:
-    state = {"step": run.step, "model": run.model.state_dict(), "optim": run.opt.state_dict(),
+    if run.acc is not None and not run.acc.is_main_process:
+        return
+    state = {"step": run.step, "model": run.raw.state_dict(), "optim": run.opt.state_dict(),
              "targets": run.targets.centroids, "rng": rng_state(),
              "batcher_rng": str(batcher.rng.bit_generator.state)}
     if isinstance(run.targets, LayerTargets):
@@ -311,13 +346,16 @@ def train(cfg: SemanticTrainConfig, out: Path, max_minutes: float | None = None,
     t0 = time.time()
     clips = training_clips(cfg, (manifest,) if manifest else cfg.manifests)
     log.info("%d training clips, %.2f h", len(clips), sum(len(c.samples) for c in clips) / cfg.model.sample_rate / 3600)
-    batcher = Batcher(cfg, clips, noise_clips(cfg), seed=0)
     if (out / STATE_FILE).exists() and not fresh:
         run, st = restore_run(cfg, out)
+        run.prepare()
+        batcher = Batcher(cfg, clips, noise_clips(cfg), seed=run.acc.process_index)
         batcher.rng.bit_generator.state = _literal(st["batcher_rng"])
         log.info("resumed %s at step %d", out, run.step)
     else:
         run = new_run(cfg, clips, init)
+        run.prepare()
+        batcher = Batcher(cfg, clips, noise_clips(cfg), seed=run.acc.process_index)
     gen = torch.Generator()
     start_step, last_save, avg = run.step, time.time(), {}
     run.model.train()
@@ -333,6 +371,8 @@ def train(cfg: SemanticTrainConfig, out: Path, max_minutes: float | None = None,
             save_run(run, out, batcher)
             last_save = time.time()
     save_run(run, out, batcher)
+    if not run.acc.is_main_process:
+        return out / "model"
     return export(run, clips, out / "model")
 
 
@@ -357,7 +397,7 @@ def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select
     """Choose the unit layer by PNMI on *training* voices, fit the unit k-means there, save the model."""
     from .semantic_eval import clip_labels, pnmi_stats
 
-    model = run.model.eval()
+    model = run.raw.eval()
     k = run.cfg.model.codebook_size
     rng = np.random.default_rng(1)
     fit = [clips[i] for i in rng.permutation(len(clips))[:n_fit]]
