@@ -57,9 +57,15 @@ class LogMel(nn.Module):
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
-        fb = mel_filter_bank(num_frequency_bins=cfg.n_fft // 2 + 1, num_mel_filters=cfg.n_mels, min_frequency=20.0,
-                             max_frequency=cfg.sample_rate / 2, sampling_rate=cfg.sample_rate, norm="slaney",
-                             mel_scale="slaney")
+        fb = mel_filter_bank(
+            num_frequency_bins=cfg.n_fft // 2 + 1,
+            num_mel_filters=cfg.n_mels,
+            min_frequency=20.0,
+            max_frequency=cfg.sample_rate / 2,
+            sampling_rate=cfg.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self.register_buffer("fbank", torch.tensor(fb, dtype=torch.float32).T.contiguous(), persistent=False)
         self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
         self.hop, self.n_fft, self.win = cfg.hop_length, cfg.n_fft, cfg.win_length
@@ -85,8 +91,9 @@ def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
     """Regression deltas along time of ``[B, D, T]`` (the HTK formula, edges replicated)."""
     pad = F.pad(x, (width, width), mode="replicate")
     T = x.shape[-1]
-    num = sum(n * (pad[..., width + n: width + n + T] - pad[..., width - n: width - n + T])
-              for n in range(1, width + 1))
+    num = sum(
+        n * (pad[..., width + n : width + n + T] - pad[..., width - n : width - n + T]) for n in range(1, width + 1)
+    )
     return num / (2 * sum(n * n for n in range(1, width + 1)))
 
 
@@ -180,8 +187,15 @@ class SemanticEncoder(nn.Module):
         k = cfg.conv_pos_kernel
         self.pos_conv = nn.Conv1d(cfg.dim, cfg.dim, k, padding=k // 2, groups=groups)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, cfg.ff_mult * cfg.dim, cfg.dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                cfg.dim,
+                cfg.n_heads,
+                cfg.ff_mult * cfg.dim,
+                cfg.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             for _ in range(cfg.n_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)

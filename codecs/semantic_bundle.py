@@ -28,30 +28,30 @@ def model_card(name: str, doc: dict, report: dict, train_info: str) -> str:
     bsi = base["speaker_invariance"]
     return f"""# {name}: semantic units (HuBERT-style, trained on 2 CPU cores)
 
-One stream of discrete speech units, `codes [B, 1, T]` at {report['frame_rate']:g} Hz (one unit per codec
-frame), {cfg['codebook_size']} units: k-means of Transformer layer {cfg['unit_layer']} of a {cfg['n_layers']}-layer,
-d={cfg['dim']} encoder on 80-bin log-mel frames (hop {cfg['hop_length']} at {cfg['sample_rate']} Hz).
+One stream of discrete speech units, `codes [B, 1, T]` at {report["frame_rate"]:g} Hz (one unit per codec
+frame), {cfg["codebook_size"]} units: k-means of Transformer layer {cfg["unit_layer"]} of a {cfg["n_layers"]}-layer,
+d={cfg["dim"]} encoder on 80-bin log-mel frames (hop {cfg["hop_length"]} at {cfg["sample_rate"]} Hz).
 Not decodable to audio. Load with `tokenlm.pretrained.load("{name}")`.
 
 ## Training
 {train_info}
 
-Masked prediction (HuBERT) of k-means targets, iteration {meta.get('iteration')}, {meta.get('step')} steps.
-Unit layer chosen by PNMI on *training* voices: {meta.get('layer_pnmi_training_voices')}.
+Masked prediction (HuBERT) of k-means targets, iteration {meta.get("iteration")}, {meta.get("step")} steps.
+Unit layer chosen by PNMI on *training* voices: {meta.get("layer_pnmi_training_voices")}.
 
 ## Measured (`tokenlm eval semantic`, held-out voices)
-{report['eval_clips']} clips / {report['eval_frames']} frames of espeak-ng accents and variants that training never
-heard ({', '.join(report['eval_voices'])}); frame labels are espeak-ng's own phone events.
+{report["eval_clips"]} clips / {report["eval_frames"]} frames of espeak-ng accents and variants that training never
+heard ({", ".join(report["eval_voices"])}); frame labels are espeak-ng's own phone events.
 
-| metric | this model | MFCC k-means ({cfg['codebook_size']} units, same run) |
+| metric | this model | MFCC k-means ({cfg["codebook_size"]} units, same run) |
 |---|---|---|
-| PNMI | {report['pnmi']:.3f} | {base['pnmi']:.3f} |
-| phone purity | {report['phone_purity']:.3f} | {base['phone_purity']:.3f} |
-| cluster purity | {report['cluster_purity']:.3f} | {base['cluster_purity']:.3f} |
+| PNMI | {report["pnmi"]:.3f} | {base["pnmi"]:.3f} |
+| phone purity | {report["phone_purity"]:.3f} | {base["phone_purity"]:.3f} |
+| cluster purity | {report["cluster_purity"]:.3f} | {base["cluster_purity"]:.3f} |
 | unit edit distance, same sentence, 2 voices | {si[SAME]:.3f} | {bsi[SAME]:.3f} |
 | unit edit distance, 2 sentences, same voice | {si[DIFF]:.3f} | {bsi[DIFF]:.3f} |
 
-PNMI is {report['pnmi'] / max(base['pnmi'], 1e-9):.2f}x the MFCC k-means floor.
+PNMI is {report["pnmi"] / max(base["pnmi"], 1e-9):.2f}x the MFCC k-means floor.
 
 ## Limits
 Evaluated on synthetic (espeak-ng) English only: there are no phone timings for the real speech here, and
@@ -61,15 +61,20 @@ Small model, short CPU training: far from HuBERT-base units.
 """
 
 
-def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = "semantic-16k",
-           plot: str | Path | None = None) -> Path:
+def bundle(
+    model_folder: str | Path, report: dict, train_info: str, name: str = "semantic-16k", plot: str | Path | None = None
+) -> Path:
     """Copy ``model_folder`` to ``tokenlm/weights/<name>`` in fp16 with a card (and the eval's unit plot,
     ``units.png``, when given); register its sha256."""
     doc = read_model_config(model_folder)
     if doc["kind"] != "semantic":
         raise TokenlmError(f"{model_folder}: kind {doc['kind']!r}, expected 'semantic'")
-    meta = {**doc.get("meta", {}), "eval": {k: report[k] for k in ("pnmi", "pnmi_mfcc_kmeans", "phone_purity",
-                                                                     "cluster_purity", "speaker_invariance")}}
+    meta = {
+        **doc.get("meta", {}),
+        "eval": {
+            k: report[k] for k in ("pnmi", "pnmi_mfcc_kmeans", "phone_purity", "cluster_purity", "speaker_invariance")
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(tmp) / "README.md"
         text = model_card(name, doc, report, train_info)
@@ -78,8 +83,15 @@ def bundle(model_folder: str | Path, report: dict, train_info: str, name: str = 
             extra["units.png"] = Path(plot)
             text += "\n![units over a held-out clip, phone boundaries as lines](units.png)\n"
         card.write_text(text)
-        dest = save_model(WEIGHTS_DIR / name, "semantic", doc["config"], load_weights(model_folder), meta=meta,
-                          extra_files=extra, dtype=torch.float16)
+        dest = save_model(
+            WEIGHTS_DIR / name,
+            "semantic",
+            doc["config"],
+            load_weights(model_folder),
+            meta=meta,
+            extra_files=extra,
+            dtype=torch.float16,
+        )
     size = sum(f.stat().st_size for f in dest.iterdir())
     if size > MAX_BYTES:
         raise TokenlmError(f"{dest}: {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget")

@@ -42,9 +42,16 @@ class _EventId(ctypes.Union):
 
 
 class _Event(ctypes.Structure):  # espeak_EVENT in speak_lib.h
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
 
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
@@ -165,12 +172,23 @@ def _take_sentences(doc: str | None, seen: set[str], out: list[str]) -> None:
 
 def random_voice(rng: random.Random, split: str) -> dict:
     accents, variants = (TRAIN_ACCENTS, TRAIN_VARIANTS) if split == "train" else (EVAL_ACCENTS, EVAL_VARIANTS)
-    return {"voice": f"{rng.choice(accents)}+{rng.choice(variants)}", "pitch": rng.randint(25, 80),
-            "range_": rng.randint(30, 90), "rate": rng.randint(140, 210)}
+    return {
+        "voice": f"{rng.choice(accents)}+{rng.choice(variants)}",
+        "pitch": rng.randint(25, 80),
+        "range_": rng.randint(30, 90),
+        "rate": rng.randint(140, 210),
+    }
 
 
-def build_espeak_corpus(root: Path, n_train: int, n_eval_sentences: int, voices_per_eval: int = 3,
-                        sample_rate: int = 16000, seed: int = 0, sentences: list[str] | None = None) -> Path:
+def build_espeak_corpus(
+    root: Path,
+    n_train: int,
+    n_eval_sentences: int,
+    voices_per_eval: int = 3,
+    sample_rate: int = 16000,
+    seed: int = 0,
+    sentences: list[str] | None = None,
+) -> Path:
     """Write ``root/manifest.jsonl`` (+ wavs and phone files): ``n_train`` training clips, one random
     training voice each, and ``n_eval_sentences`` held-out sentences each spoken by ``voices_per_eval``
     different held-out voices (split ``eval``). Returns the manifest path."""
@@ -179,7 +197,7 @@ def build_espeak_corpus(root: Path, n_train: int, n_eval_sentences: int, voices_
     if len(sentences) < n_train + n_eval_sentences:
         raise TokenlmError(f"only {len(sentences)} sentences available, need {n_train + n_eval_sentences}")
     jobs = [("train", i, s, [random_voice(rng, "train")]) for i, s in enumerate(sentences[:n_train])]
-    for j, s in enumerate(sentences[n_train:n_train + n_eval_sentences]):
+    for j, s in enumerate(sentences[n_train : n_train + n_eval_sentences]):
         vs = _distinct_voices(rng, voices_per_eval)
         jobs.append(("eval", j, s, vs))
     engine, rows = Espeak(), []
@@ -208,8 +226,15 @@ def _write_clip(root: Path, engine: Espeak, split: str, i: int, text: str, v: di
     save_audio(wav, resample(utt.samples[None], utt.sample_rate, sr)[0] * 0.9, sr)
     phones = root / f"{name}.phones.json"
     atomic_write_text(phones, json.dumps([[round(a, 4), round(b, 4), p] for a, b, p in utt.phones]))
-    return {"path": str(wav), "duration": round(len(utt.samples) / utt.sample_rate, 3), "speaker": v["voice"],
-            "text": text, "split": split, "phones": str(phones), "sentence": f"{split}-{i}"}
+    return {
+        "path": str(wav),
+        "duration": round(len(utt.samples) / utt.sample_rate, 3),
+        "speaker": v["voice"],
+        "text": text,
+        "split": split,
+        "phones": str(phones),
+        "sentence": f"{split}-{i}",
+    }
 
 
 def dev_corpus(n_train: int = 4000, n_eval_sentences: int = 150) -> Path:
@@ -263,8 +288,11 @@ def load_clips(rows: list[dict], sample_rate: int, desc: str = "loading clips") 
     for r in progress(rows, desc=desc):
         audio = load_audio(r["path"], sample_rate=sample_rate)
         phones = read_phones(r["phones"]) if r.get("phones") else None
-        clips.append(Clip(audio.samples[0], r.get("speaker", ""), r.get("text", ""),
-                          r.get("sentence", r.get("text", "")), phones))
+        clips.append(
+            Clip(
+                audio.samples[0], r.get("speaker", ""), r.get("text", ""), r.get("sentence", r.get("text", "")), phones
+            )
+        )
     return clips
 
 

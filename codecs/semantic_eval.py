@@ -47,8 +47,11 @@ def pnmi_stats(units: np.ndarray, phones: list[str]) -> dict[str, float]:
     nz = joint > 0
     mi = float((joint[nz] * np.log(joint[nz] / (pp @ pu)[nz])).sum())
     h = float(-(pp[pp > 0] * np.log(pp[pp > 0])).sum())
-    return {"pnmi": mi / h if h > 0 else 0.0, "phone_purity": float(joint.max(0).sum()),
-            "cluster_purity": float(joint.max(1).sum())}
+    return {
+        "pnmi": mi / h if h > 0 else 0.0,
+        "phone_purity": float(joint.max(0).sum()),
+        "cluster_purity": float(joint.max(1).sum()),
+    }
 
 
 def dedup(seq: np.ndarray) -> np.ndarray:
@@ -93,8 +96,7 @@ def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: in
     if not d_same or not d_diff:
         return {SAME: float("nan"), DIFF: float("nan"), "ratio": float("nan")}
     s, d = float(np.mean(d_same)), float(np.mean(d_diff))
-    return {SAME: s, DIFF: d, "ratio": s / d,
-            "pairs_same": len(d_same), "pairs_diff": len(d_diff)}
+    return {SAME: s, DIFF: d, "ratio": s / d, "pairs_same": len(d_same), "pairs_diff": len(d_diff)}
 
 
 def clip_labels(clip: Clip, n_frames: int, cfg: SemanticConfig) -> list[str]:
@@ -135,8 +137,9 @@ def training_voices(rows: list[dict]) -> set[str]:
     return {voice_name(r) for r in rows if not is_held_out_voice(r)}
 
 
-def evaluate(model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300,
-             out: Path | None = None) -> dict:
+def evaluate(
+    model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300, out: Path | None = None
+) -> dict:
     """Score ``model`` (a SemanticTokenizer) and the MFCC k-means floor on the eval split."""
     manifest = manifest or dev_corpus()
     cfg = model.cfg
@@ -150,14 +153,22 @@ def evaluate(model, manifest: Path | None = None, limit: int | None = None, n_tr
     eval_voices = sorted({c.speaker for c in clips})
     train_voices = training_voices(train_rows)
     report = {
-        "pnmi": ours["pnmi"], "pnmi_mfcc_kmeans": base["pnmi"], "pnmi_ratio": ours["pnmi"] / max(base["pnmi"], 1e-9),
-        "phone_purity": ours["phone_purity"], "cluster_purity": ours["cluster_purity"],
+        "pnmi": ours["pnmi"],
+        "pnmi_mfcc_kmeans": base["pnmi"],
+        "pnmi_ratio": ours["pnmi"] / max(base["pnmi"], 1e-9),
+        "phone_purity": ours["phone_purity"],
+        "cluster_purity": ours["cluster_purity"],
         "speaker_invariance": ours["speaker_invariance"],
         "mfcc_kmeans": base,
-        "codebook_size": cfg.codebook_size, "frame_rate": model.frame_rate, "unit_layer": cfg.unit_layer,
-        "eval_clips": len(clips), "eval_frames": int(sum(len(u) for u in units)),
-        "eval_voices": eval_voices, "eval_voices_seen_in_training": sorted(set(eval_voices) & train_voices),
-        "model": str(getattr(model, "pretrained_name", "")), "model_meta": getattr(model, "pretrained_meta", {}),
+        "codebook_size": cfg.codebook_size,
+        "frame_rate": model.frame_rate,
+        "unit_layer": cfg.unit_layer,
+        "eval_clips": len(clips),
+        "eval_frames": int(sum(len(u) for u in units)),
+        "eval_voices": eval_voices,
+        "eval_voices_seen_in_training": sorted(set(eval_voices) & train_voices),
+        "model": str(getattr(model, "pretrained_name", "")),
+        "model_meta": getattr(model, "pretrained_meta", {}),
     }
     if out is not None:
         write_report(report, out, model, clips[0])
@@ -169,13 +180,20 @@ def write_report(report: dict, out: Path, model, clip: Clip) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "semantic_eval.json", json.dumps(report, indent=2) + "\n")
     base, si, bsi = report["mfcc_kmeans"], report["speaker_invariance"], report["mfcc_kmeans"]["speaker_invariance"]
-    rows = [("PNMI", report["pnmi"], base["pnmi"]), ("phone purity", report["phone_purity"], base["phone_purity"]),
-            ("cluster purity", report["cluster_purity"], base["cluster_purity"]),
-            ("unit distance, same sentence / 2 voices", si[SAME], bsi[SAME]),
-            ("unit distance, 2 sentences / same voice", si[DIFF], bsi[DIFF]),
-            ("ratio (lower = more speaker-invariant)", si["ratio"], bsi["ratio"])]
-    md = [f"# Semantic units on held-out voices ({report['eval_clips']} clips, {report['codebook_size']} units)", "",
-          "| metric | model | MFCC k-means |", "|---|---|---|"]
+    rows = [
+        ("PNMI", report["pnmi"], base["pnmi"]),
+        ("phone purity", report["phone_purity"], base["phone_purity"]),
+        ("cluster purity", report["cluster_purity"], base["cluster_purity"]),
+        ("unit distance, same sentence / 2 voices", si[SAME], bsi[SAME]),
+        ("unit distance, 2 sentences / same voice", si[DIFF], bsi[DIFF]),
+        ("ratio (lower = more speaker-invariant)", si["ratio"], bsi["ratio"]),
+    ]
+    md = [
+        f"# Semantic units on held-out voices ({report['eval_clips']} clips, {report['codebook_size']} units)",
+        "",
+        "| metric | model | MFCC k-means |",
+        "|---|---|---|",
+    ]
     md += [f"| {name} | {a:.3f} | {b:.3f} |" for name, a, b in rows]
     atomic_write_text(out / "semantic_eval.md", "\n".join(md) + "\n")
     plot_units(model, clip, out / "units.png")
@@ -224,7 +242,9 @@ def cli(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         si = report["speaker_invariance"]
-        print(f"PNMI {report['pnmi']:.3f} (MFCC k-means {report['pnmi_mfcc_kmeans']:.3f}), phone purity "
-              f"{report['phone_purity']:.3f}, cluster purity {report['cluster_purity']:.3f}, unit distance "
-              f"same-sentence {si[SAME]:.3f} vs different-sentence {si[DIFF]:.3f}")
+        print(
+            f"PNMI {report['pnmi']:.3f} (MFCC k-means {report['pnmi_mfcc_kmeans']:.3f}), phone purity "
+            f"{report['phone_purity']:.3f}, cluster purity {report['cluster_purity']:.3f}, unit distance "
+            f"same-sentence {si[SAME]:.3f} vs different-sentence {si[DIFF]:.3f}"
+        )
     return 0

@@ -130,7 +130,7 @@ class Batcher:
         speed = float(self.rng.choice(self.cfg.speed_factors))
         need = int(round(self.L * speed))
         start = self.rng.integers(0, max(1, len(x) - need + 1))
-        seg = x[start: start + need]
+        seg = x[start : start + need]
         if speed != 1.0:  # play `speed` times faster: resample down by the factor
             up, down = 20, int(round(20 * speed))
             seg = resample_poly(seg, up, down).astype(np.float32)
@@ -142,7 +142,7 @@ class Batcher:
     def noise(self, n: int) -> np.ndarray:
         if self.noises:
             z = self.noises[self.rng.integers(len(self.noises))]
-            z = np.resize(z, n) if len(z) < n else z[(s := self.rng.integers(0, len(z) - n + 1)): s + n]
+            z = np.resize(z, n) if len(z) < n else z[(s := self.rng.integers(0, len(z) - n + 1)) : s + n]
             return z.astype(np.float32)
         k = int(self.rng.choice([1, 2, 4, 8]))  # coloured: moving average = low-pass of varying width
         return np.convolve(self.rng.standard_normal(n + k - 1), np.ones(k) / k, mode="valid").astype(np.float32)
@@ -160,8 +160,7 @@ class Batcher:
             clean.append(x)
             noisy.append(y)
             valid.append(np.arange(self.L) < n)
-        return (torch.from_numpy(np.stack(clean)), torch.from_numpy(np.stack(noisy)),
-                torch.from_numpy(np.stack(valid)))
+        return (torch.from_numpy(np.stack(clean)), torch.from_numpy(np.stack(noisy)), torch.from_numpy(np.stack(valid)))
 
 
 # --------------------------------------------------------------------------- targets
@@ -291,9 +290,14 @@ def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
 def save_run(run: Run, out: Path, batcher: Batcher) -> None:
     if run.acc is not None and not run.acc.is_main_process:
         return
-    state = {"step": run.step, "model": run.raw.state_dict(), "optim": run.opt.state_dict(),
-             "targets": run.targets.centroids, "rng": rng_state(),
-             "batcher_rng": str(batcher.rng.bit_generator.state)}
+    state = {
+        "step": run.step,
+        "model": run.raw.state_dict(),
+        "optim": run.opt.state_dict(),
+        "targets": run.targets.centroids,
+        "rng": rng_state(),
+        "batcher_rng": str(batcher.rng.bit_generator.state),
+    }
     if isinstance(run.targets, LayerTargets):
         state["teacher"] = run.targets.teacher.state_dict()
         state["teacher_config"] = str(to_dict(run.targets.teacher.cfg))
@@ -339,8 +343,15 @@ def new_run(cfg: SemanticTrainConfig, clips: list[Clip], init: str | None) -> Ru
     return Run(cfg, model, make_optimizer(cfg, model), targets)
 
 
-def train(cfg: SemanticTrainConfig, out: Path, max_minutes: float | None = None, max_steps: int | None = None,
-          fresh: bool = False, init: str | None = None, manifest: str | None = None) -> Path:
+def train(
+    cfg: SemanticTrainConfig,
+    out: Path,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    fresh: bool = False,
+    init: str | None = None,
+    manifest: str | None = None,
+) -> Path:
     """Train (or resume) in ``out`` until ``cfg.steps``, ``max_steps`` more steps or ``max_minutes``;
     checkpoint, then export the tokenizer to ``out/model``. Returns that folder."""
     t0 = time.time()
@@ -416,8 +427,12 @@ def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select
     tok = SemanticTokenizer(cfg)
     sd = dict(model.state_dict(), centroids=cents[best])
     tok.load_state_dict(sd)
-    meta = {"step": run.step, "iteration": run.cfg.iteration, "run": run.cfg.name,
-            "layer_pnmi_training_voices": {str(k): round(v, 4) for k, v in scores.items()}}
+    meta = {
+        "step": run.step,
+        "iteration": run.cfg.iteration,
+        "run": run.cfg.name,
+        "layer_pnmi_training_voices": {str(k): round(v, 4) for k, v in scores.items()},
+    }
     save_model(folder, "semantic", to_dict(cfg), tok.state_dict(), meta=meta)
     log.info("exported %s (unit layer %d)", folder, best)
     return folder

@@ -140,8 +140,7 @@ def test_build_speech_real_on_fixture_splits_by_speaker(tmp_path, capsys):
         "nl",
     )
     assert (
-        by_id["tuxpaint/animals/frog_desc"].text == "A frog."
-        and by_id["tuxpaint/animals/frog_desc"].language == "en"
+        by_id["tuxpaint/animals/frog_desc"].text == "A frog." and by_id["tuxpaint/animals/frog_desc"].language == "en"
     )
     assert by_id["tuxpaint/animals/frog_desc_da"].split == "eval"
     assert by_id["klettres/cs/alpha/a"].text == "A" and by_id["klettres/cs/alpha/a"].speaker == "klettres-cs"

@@ -60,9 +60,7 @@ def test_festival_batch_writes_audio_and_phones(tmp_path):
     voice_dir = Path("/usr/share/festival/voices/english/kal_diphone")
     if not voice_dir.is_dir():
         pytest.skip("kal_diphone voice not installed")
-    job = synth.Job(
-        "festival-0", "festival", "kal_diphone", "synth-kal", texts.Text("t0", "Good morning.", "x")
-    )
+    job = synth.Job("festival-0", "festival", "kal_diphone", "synth-kal", texts.Text("t0", "Good morning.", "x"))
     done = synth.run_festival([job], tmp_path, {"kal_diphone": voice_dir})
     audio, ph = done["festival-0"]
     dur = sf.info(str(audio)).duration
@@ -113,15 +111,11 @@ def test_sound_labels_and_captions(tmp_path):
 
 def _clip(tmp_path, name, kind, split, speaker=None, seconds=2.0, freq=200.0):
     p = tone_file(tmp_path / f"{name}.wav", seconds=seconds, freq=freq)
-    return Clip(
-        name, str(p), seconds, 22050, kind, speaker=speaker, text=f"text {name}", split=split, labels=(name,)
-    )
+    return Clip(name, str(p), seconds, 22050, kind, speaker=speaker, text=f"text {name}", split=split, labels=(name,))
 
 
 def test_mixtures_are_exact_reproducible_and_split_pure(tmp_path):
-    pool = [
-        _clip(tmp_path, f"sp{i}", "speech_real", "train", f"spk{i % 2}", freq=150 + 40 * i) for i in range(4)
-    ]
+    pool = [_clip(tmp_path, f"sp{i}", "speech_real", "train", f"spk{i % 2}", freq=150 + 40 * i) for i in range(4)]
     pool += [
         _clip(tmp_path, "ev", "speech_real", "eval", "spkE"),
         _clip(tmp_path, "ev2", "speech_real", "eval", "spkF"),
@@ -138,16 +132,12 @@ def test_mixtures_are_exact_reproducible_and_split_pure(tmp_path):
     assert snr == pytest.approx(clip.snr_db, abs=0.2) and -5 <= clip.snr_db <= 5
     assert len(set(clip.extra["speakers"])) == 2 and clip.kind == "mixture"
     assert clip.extra["enrollment"] != pool[0].path or clip.speaker != "spk0"
-    ev = mixtures.make_mixture(
-        mixtures.MixSpec("speech+speech", "eval", 0, 1.5, 16000, 7), pool, tmp_path / "a"
-    )
+    ev = mixtures.make_mixture(mixtures.MixSpec("speech+speech", "eval", 0, 1.5, 16000, 7), pool, tmp_path / "a")
     assert set(ev.extra["speakers"]) == {"spkE", "spkF"} and ev.split == "eval"
     from tokenlm.corpus.splits import group_overlap, speaker_overlap
 
     assert group_overlap([clip, ev]) == [] and speaker_overlap([clip, ev]) == []
-    snd = mixtures.make_mixture(
-        mixtures.MixSpec("speech+sound", "train", 1, 1.5, 16000, 7), pool, tmp_path / "a"
-    )
+    snd = mixtures.make_mixture(mixtures.MixSpec("speech+sound", "train", 1, 1.5, 16000, 7), pool, tmp_path / "a")
     assert snd.extra["source_ids"][1] == "snd" and 0 <= snd.snr_db <= 15
     assert mixtures.make_mixture(mixtures.MixSpec("speech+music", "train", 0), pool, tmp_path / "a") is None
 
@@ -155,6 +145,12 @@ def test_mixtures_are_exact_reproducible_and_split_pure(tmp_path):
 def test_piper_alignments_to_phones():
     from types import SimpleNamespace as A
 
-    al = [A(phoneme="^", num_samples=100), A(phoneme="ˈ", num_samples=50), A(phoneme="ɑ", num_samples=150),
-          A(phoneme="ː", num_samples=100), A(phoneme=" ", num_samples=0), A(phoneme="k", num_samples=100)]
+    al = [
+        A(phoneme="^", num_samples=100),
+        A(phoneme="ˈ", num_samples=50),
+        A(phoneme="ɑ", num_samples=150),
+        A(phoneme="ː", num_samples=100),
+        A(phoneme=" ", num_samples=0),
+        A(phoneme="k", num_samples=100),
+    ]
     assert synth.piper_phones(al, sample_rate=1000) == [(0.0, 0.1, "_"), (0.1, 0.4, "ɑː"), (0.4, 0.5, "k")]

@@ -11,6 +11,7 @@ from tokenlm.kernels import bench
 @pytest.fixture
 def in_process(monkeypatch):
     """Run workers in this process and shrink the quick shapes, so the whole report takes seconds."""
+
     def spawn(kind, spec):
         if kind == "interp-worker":  # needs a process where triton is not imported yet; tested elsewhere
             return {"skipped": "in-process test"}

@@ -41,9 +41,7 @@ def test_tokenize_write_and_read_shards(tmp_path):
     for i, n in enumerate([1600, 3200, 800]):
         p = tmp_path / f"c{i}.wav"
         sf.write(p, (np.random.default_rng(i).standard_normal(n) * 0.1).astype(np.float32), 16000)
-        clips.append(
-            {"id": f"c{i}", "path": str(p), "text": f"clip {i}", "split": "eval" if i == 2 else "train"}
-        )
+        clips.append({"id": f"c{i}", "path": str(p), "text": f"clip {i}", "split": "eval" if i == 2 else "train"})
     codec = FakeCodec()
     items = list(tokenize_clips(clips, codec))
     folder = write_shards(tmp_path / "shards", items, {"n_q": 2, "codebook_size": 32, "frame_rate": 100.0})
@@ -83,9 +81,7 @@ def test_loss_falls_and_resume_continues_the_same_curve(tmp_path):
     a = [h["lm/loss"] for h in straight]
     b = [h["lm/loss"] for h in resumed]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    assert [h.get("eval/loss") for h in straight][3::4] == pytest.approx(
-        [h.get("eval/loss") for h in resumed][3::4]
-    )
+    assert [h.get("eval/loss") for h in straight][3::4] == pytest.approx([h.get("eval/loss") for h in resumed][3::4])
     assert a[-1] < a[0] - 0.3, a
     assert (tmp_path / "b" / "curve.png").is_file() and (tmp_path / "b" / "model" / "config.json").is_file()
     lines = (tmp_path / "b" / "losses.jsonl").read_text().splitlines()
@@ -133,9 +129,7 @@ def test_cli_train_lm_then_load_the_model(tmp_path):
     from tokenlm.cli import main
     from tokenlm.pretrained import load
 
-    rc = main(
-        ["train", "lm", "--config", "lm/tiny", "--out", str(tmp_path / "r"), "--max-steps", "2", "--fresh"]
-    )
+    rc = main(["train", "lm", "--config", "lm/tiny", "--out", str(tmp_path / "r"), "--max-steps", "2", "--fresh"])
     assert rc == 0
     m = load(tmp_path / "r" / "model")
     assert m.cfg.n_streams == 2 and m.vocab.n_q == 2

@@ -21,15 +21,21 @@ from tokenlm.pretrained import load
 from tokenlm.utils import seed_everything
 
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
-    "A stitch in time saves nine, they said.", "Every cloud has a silver lining today.",
-    "Return the number of bytes written to the file.", "All futures must share the same event loop.",
-    "Seven small birds sat on the old fence.", "We will meet again in the morning.",
-    "Open the window and let the fresh air in.", "This value is ignored by the parser.",
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "A stitch in time saves nine, they said.",
+    "Every cloud has a silver lining today.",
+    "Return the number of bytes written to the file.",
+    "All futures must share the same event loop.",
+    "Seven small birds sat on the old fence.",
+    "We will meet again in the morning.",
+    "Open the window and let the fresh air in.",
+    "This value is ignored by the parser.",
 ]
 
-TINY = SemanticConfig(n_mels=40, dim=32, n_layers=2, n_heads=2, ff_mult=2, conv_pos_kernel=7, n_targets=8,
-                      codebook_size=8, unit_layer=1)
+TINY = SemanticConfig(
+    n_mels=40, dim=32, n_layers=2, n_heads=2, ff_mult=2, conv_pos_kernel=7, n_targets=8, codebook_size=8, unit_layer=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +167,42 @@ def test_train_resume_export(corpus, tmp_path):
 
 def test_cli_train_and_eval(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "semantic", "--config", "semantic/tiny", "--manifest", str(corpus), "--out", str(out),
-                 "--max-steps", "2", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "semantic",
+                "--config",
+                "semantic/tiny",
+                "--manifest",
+                str(corpus),
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["eval", "semantic", "--model", str(out / "model"), "--manifest", str(corpus), "--json",
-                 "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "semantic",
+                "--model",
+                str(out / "model"),
+                "--manifest",
+                str(corpus),
+                "--json",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     for key in ("pnmi", "pnmi_mfcc_kmeans", "phone_purity", "cluster_purity", "speaker_invariance"):
         assert key in report
@@ -184,15 +221,27 @@ def test_bundle_fp16_with_card(tmp_path, monkeypatch):
 
     weights = tmp_path / "weights"
     weights.mkdir()
-    for mod, attr, value in ((sb, "WEIGHTS_DIR", weights), (pretrained, "WEIGHTS_DIR", weights),
-                             (pretrained, "REGISTRY_FILE", weights / "registry.json")):
+    for mod, attr, value in (
+        (sb, "WEIGHTS_DIR", weights),
+        (pretrained, "WEIGHTS_DIR", weights),
+        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
+    ):
         monkeypatch.setattr(mod, attr, value)
     tok = SemanticTokenizer(TINY)
     src = save_model(tmp_path / "src", "semantic", to_dict(TINY), tok.state_dict(), meta={"step": 3, "iteration": 1})
     si = {"same_sentence_cross_voice": 0.5, "diff_sentence_same_voice": 0.8, "ratio": 0.625}
-    report = {"pnmi": 0.5, "pnmi_mfcc_kmeans": 0.4, "phone_purity": 0.4, "cluster_purity": 0.3, "frame_rate": 50.0,
-              "speaker_invariance": si, "eval_clips": 4, "eval_frames": 400, "eval_voices": ["v1", "v2"],
-              "mfcc_kmeans": {"pnmi": 0.4, "phone_purity": 0.3, "cluster_purity": 0.2, "speaker_invariance": si}}
+    report = {
+        "pnmi": 0.5,
+        "pnmi_mfcc_kmeans": 0.4,
+        "phone_purity": 0.4,
+        "cluster_purity": 0.3,
+        "frame_rate": 50.0,
+        "speaker_invariance": si,
+        "eval_clips": 4,
+        "eval_frames": 400,
+        "eval_voices": ["v1", "v2"],
+        "mfcc_kmeans": {"pnmi": 0.4, "phone_purity": 0.3, "cluster_purity": 0.2, "speaker_invariance": si},
+    }
     dest = sb.bundle(src, report, "tiny test run", name="semantic-test")
     card = (dest / "README.md").read_text()
     assert "| PNMI | 0.500 | 0.400 |" in card and "tiny test run" in card

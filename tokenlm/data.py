@@ -49,13 +49,9 @@ class Shards:
         self.index = [json.loads(line) for line in (self.folder / INDEX).read_text().splitlines() if line]
         K = self.meta["n_q"]
         n = sum(it["n_frames"] for it in self.index)
-        self.codes = (
-            np.memmap(self.folder / CODES, dtype=np.uint16, mode="r", shape=(n, K)) if n else np.zeros((0, K))
-        )
+        self.codes = np.memmap(self.folder / CODES, dtype=np.uint16, mode="r", shape=(n, K)) if n else np.zeros((0, K))
         sem = self.folder / SEMANTIC
-        self.semantic = (
-            np.memmap(sem, dtype=np.uint16, mode="r") if sem.is_file() and sem.stat().st_size else None
-        )
+        self.semantic = np.memmap(sem, dtype=np.uint16, mode="r") if sem.is_file() and sem.stat().st_size else None
         self.lengths = np.array([it["n_frames"] for it in self.index], dtype=np.int64)
 
     def __len__(self) -> int:

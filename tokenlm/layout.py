@@ -110,9 +110,7 @@ def revert(seq: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Interleaved ``[B, K_out, S]`` -> codes ``[B, K, T]`` (inverse of ``build``)."""
     B = seq.shape[0]
     if tuple(seq.shape[1:]) != tuple(pattern.index.shape):
-        raise TokenlmError(
-            f"sequence shape {tuple(seq.shape[1:])} does not match pattern {tuple(pattern.index.shape)}"
-        )
+        raise TokenlmError(f"sequence shape {tuple(seq.shape[1:])} does not match pattern {tuple(pattern.index.shape)}")
     valid = pattern.valid().view(-1)
     src = seq.reshape(B, -1)[:, valid]
     out = torch.empty(B, pattern.n_q * pattern.n_frames, dtype=seq.dtype, device=seq.device)

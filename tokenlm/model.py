@@ -267,9 +267,7 @@ class TokenLM(nn.Module):
             raise TokenlmError(f"model reads 1 or {self.cfg.n_streams} streams, got {K}")
         start = cache.pos if cache is not None else 0
         if start + S > self.cfg.max_seq_len:
-            raise TokenlmError(
-                f"sequence of {start + S} positions exceeds max_seq_len {self.cfg.max_seq_len}"
-            )
+            raise TokenlmError(f"sequence of {start + S} positions exceeds max_seq_len {self.cfg.max_seq_len}")
         rot = self.rope(ids.device)[start : start + S]
         x = self.embed_ids(ids)
         for block in self.blocks:
@@ -353,9 +351,7 @@ def lm_loss(
     ign = -100
     t0 = targets[:, 0].masked_fill(~loss_mask[:, 0], ign)
     logits0 = out.logits.float()
-    sum0 = F.cross_entropy(
-        logits0.reshape(-1, logits0.shape[-1]), t0.reshape(-1), ignore_index=ign, reduction="sum"
-    )
+    sum0 = F.cross_entropy(logits0.reshape(-1, logits0.shape[-1]), t0.reshape(-1), ignore_index=ign, reduction="sum")
     n0 = loss_mask[:, 0].sum()
     losses = {"lm/loss_stream0": sum0 / n0.clamp(min=1)}
     total, n = sum0, n0
@@ -363,9 +359,7 @@ def lm_loss(
         starts = torch.tensor(cfg.stream_starts, device=targets.device).view(1, -1, 1)
         tr = (targets[:, 1:] - starts).masked_fill(~loss_mask[:, 1:], ign)
         lr = out.stream_logits.float()
-        sum_r = F.cross_entropy(
-            lr.reshape(-1, lr.shape[-1]), tr.reshape(-1), ignore_index=ign, reduction="sum"
-        )
+        sum_r = F.cross_entropy(lr.reshape(-1, lr.shape[-1]), tr.reshape(-1), ignore_index=ign, reduction="sum")
         n_r = loss_mask[:, 1:].sum()
         losses["lm/loss_streams"] = sum_r / n_r.clamp(min=1)
         total, n = total + sum_r, n + n_r

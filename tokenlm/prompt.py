@@ -103,9 +103,7 @@ class Prompt:
 
     def build(self) -> PromptTensors:
         kinds: dict[str, int] = {}
-        parts = [
-            self._single(s, kinds) if s.kind != "codec" else self._codec(s, kinds) for s in self.segments
-        ]
+        parts = [self._single(s, kinds) if s.kind != "codec" else self._codec(s, kinds) for s in self.segments]
         if not parts:
             raise TokenlmError("empty prompt")
         ids, mask, allowed = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))

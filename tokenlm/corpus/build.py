@@ -113,9 +113,7 @@ def _score_tracks(ctx: BuildContext, soundfont: Path) -> list:
         return []
     from tokenlm.corpus import scores
 
-    return scores.score_tracks(
-        ctx.root / "audio" / "music21", soundfont, ctx.recipe.music21_minutes, ctx.recipe.seed
-    )
+    return scores.score_tracks(ctx.root / "audio" / "music21", soundfont, ctx.recipe.music21_minutes, ctx.recipe.seed)
 
 
 PART_BUILDERS: dict[str, Callable[[BuildContext], list[Clip]]] = {
@@ -173,9 +171,7 @@ def build(recipe: Recipe, root: Path, parts: list[str]) -> FetchReport:
 
 def cli_build(args) -> int:
     setup_logging("warning")
-    recipe = load_config(
-        Recipe, f"data/{args.recipe}" if not str(args.recipe).endswith(".yaml") else args.recipe
-    )
+    recipe = load_config(Recipe, f"data/{args.recipe}" if not str(args.recipe).endswith(".yaml") else args.recipe)
     root = data_root(args.root)
     parts = list(PARTS) if not args.only else [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]

@@ -128,9 +128,7 @@ def build_speech_synthetic(ctx) -> list[Clip]:
                 done = synth.run_flite(jobs, folder)
             clips += [synth.job_clip(j, *done[j.id], split) for j in jobs if j.id in done]
             if len(done) < len(jobs):  # the part stays unstamped, so the next build retries the rest
-                ctx.report.fail(
-                    f"{engine} ({split})", f"{len(jobs) - len(done)} of {len(jobs)} utterances failed"
-                )
+                ctx.report.fail(f"{engine} ({split})", f"{len(jobs) - len(done)} of {len(jobs)} utterances failed")
     return clips
 
 

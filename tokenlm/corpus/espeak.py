@@ -43,9 +43,7 @@ class _Event(ctypes.Structure):
     ]
 
 
-_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
-)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @dataclass(frozen=True)
@@ -83,9 +81,7 @@ class Espeak:
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
-        self.sample_rate = self.lib.espeak_Initialize(
-            AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_PHONEME_EVENTS
-        )
+        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_PHONEME_EVENTS)
         if self.sample_rate <= 0:
             raise TokenlmError("espeak-ng failed to initialise")
         self._chunks: list[np.ndarray] = []
@@ -114,9 +110,7 @@ class Espeak:
         self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
         self.lib.espeak_Synchronize()
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        return Synthesis(
-            samples, self.sample_rate, phones_from_events(self._events, len(samples) / self.sample_rate)
-        )
+        return Synthesis(samples, self.sample_rate, phones_from_events(self._events, len(samples) / self.sample_rate))
 
 
 def phones_from_events(events: list[tuple[int, str]], total_s: float) -> list[Phone]:

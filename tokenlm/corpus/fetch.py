@@ -50,9 +50,7 @@ def fetch_deb(name: str, root: Path, report: FetchReport) -> Path | None:
     if (target / ".done").is_file():
         return target
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        report.fail(
-            name, "apt-get/dpkg-deb not found (a Debian-based system is needed for the package sources)"
-        )
+        report.fail(name, "apt-get/dpkg-deb not found (a Debian-based system is needed for the package sources)")
         return None
     debs = root / "debs"
     debs.mkdir(parents=True, exist_ok=True)

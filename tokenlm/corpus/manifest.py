@@ -130,8 +130,6 @@ def load_clips(root=None, kinds=None, split: str | None = None) -> list[Clip]:
     paths = [manifest_path(root, p) for p in PARTS if PART_KIND.get(p, p) in kinds]
     found = [p for p in paths if p.is_file()]
     if not found:
-        raise TokenlmError(
-            f"no manifest for {sorted(kinds)} under {data_root(root)} (run `tokenlm data build`)"
-        )
+        raise TokenlmError(f"no manifest for {sorted(kinds)} under {data_root(root)} (run `tokenlm data build`)")
     clips = [c for p in found for c in read_manifest(p)]
     return [c for c in clips if c.kind in kinds and (split is None or c.split == split)]

@@ -72,9 +72,7 @@ def _speech_targets_differ(target: Clip, other: Clip) -> bool:
     return target.speaker is None or other.speaker != target.speaker
 
 
-def make_mixture(
-    spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: dict | None = None
-) -> Clip | None:
+def make_mixture(spec: MixSpec, clips: list[Clip], out_dir: Path, by_speaker: dict | None = None) -> Clip | None:
     """Build (or reuse) mixture ``spec`` from ``clips`` -> its Clip, or None if a pool is empty."""
     folder = out_dir / spec.type / spec.split / f"{spec.index:05d}"
     done = folder / "clip.json"
@@ -96,10 +94,7 @@ def make_mixture(
     x0 = x0[:n] if target.kind != "sounds" else crop_or_tile(x0, n, rng)
     x1 = crop_or_tile(load_audio(other.path, sr).samples[0], n, rng)
     s0, s1 = mix_at_snr(x0, x1, snr)
-    paths = [
-        save_audio(folder / f"{name}.flac", sig, sr)
-        for name, sig in (("mix", s0 + s1), ("s0", s0), ("s1", s1))
-    ]
+    paths = [save_audio(folder / f"{name}.flac", sig, sr) for name, sig in (("mix", s0 + s1), ("s0", s0), ("s1", s1))]
     clip = _mixture_clip(spec, target, other, snr, paths, n / sr, rng, by_speaker)
     atomic_write_text(done, json.dumps(clip.to_json(), ensure_ascii=False))
     return clip

@@ -57,9 +57,7 @@ def segment_bounds(n: int, sr: int, segment_s: float, min_tail_s: float) -> list
     return [(s, e) for s, e in bounds if (e - s) >= min_tail_s * sr]
 
 
-def segment_track(
-    track: Track, out_dir: Path, segment_s: float = 20.0, min_tail_s: float = 5.0
-) -> list[Clip]:
+def segment_track(track: Track, out_dir: Path, segment_s: float = 20.0, min_tail_s: float = 5.0) -> list[Clip]:
     """Cut ``track`` into segment files under ``out_dir/<track id>/`` -> clips (cached in segments.json)."""
     folder = out_dir / track.id
     done = folder / "segments.json"

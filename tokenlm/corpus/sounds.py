@@ -85,9 +85,7 @@ def _capitalize(s: str) -> str:
 
 
 def _category(rel: Path, category: str) -> str:
-    if (
-        category == "stamp"
-    ):  # the stamp folder says what it is: usr/share/tuxpaint/stamps/animals/birds/owl.ogg
+    if category == "stamp":  # the stamp folder says what it is: usr/share/tuxpaint/stamps/animals/birds/owl.ogg
         return rel.parts[4] if len(rel.parts) > 5 else "object"
     if category == "0ad":  # audio/attack/impact/arrow_01.ogg, audio/actor/fauna/animal/cattle_01.ogg
         return rel.parts[2] if rel.parts[1] in ("actor",) else rel.parts[1]

@@ -66,16 +66,12 @@ def _table(stats: dict) -> str:
     rows = [f"{'kind':18s} {'clips':>7s} {'hours':>7s} {'train h':>8s} {'eval h':>7s}"]
     for kind, h in stats["hours"].items():
         split = stats["hours_per_split"][kind]
-        rows.append(
-            f"{kind:18s} {stats['clips'][kind]:7d} {h:7.2f} {split['train']:8.2f} {split['eval']:7.2f}"
-        )
+        rows.append(f"{kind:18s} {stats['clips'][kind]:7d} {h:7.2f} {split['train']:8.2f} {split['eval']:7.2f}")
     rows.append(
         f"speakers: train {stats['speakers']['train']}, eval {stats['speakers']['eval']} "
         f"({', '.join(stats['eval_speakers'])})"
     )
-    rows.append(
-        f"languages: train {len(stats['languages']['train'])}, eval {' '.join(stats['languages']['eval'])}"
-    )
+    rows.append(f"languages: train {len(stats['languages']['train'])}, eval {' '.join(stats['languages']['eval'])}")
     rows.append(f"speaker_overlap_train_eval: {stats['speaker_overlap_train_eval']}")
     return "\n".join(rows)
 

@@ -25,9 +25,7 @@ from .bench_gpu import aot_worker, gpu_section
 
 RVQ_FULL = dict(N=50_000, K=8, M=1024, D=128)
 RVQ_QUICK = dict(N=4_000, K=4, M=256, D=64)
-VQP_MISSING = (
-    "vector-quantize-pytorch is not installed (pip install vector-quantize-pytorch, in tokenlm[eval])"
-)
+VQP_MISSING = "vector-quantize-pytorch is not installed (pip install vector-quantize-pytorch, in tokenlm[eval])"
 
 
 # ---- measuring ----
@@ -36,7 +34,6 @@ VQP_MISSING = (
 def ratio(a: float, b: float, digits: int = 2) -> float | None:
     """a / b rounded, or None when b is zero (a run too short for the clock)."""
     return round(a / b, digits) if b > 0 else None
-
 
 
 def bench_threads() -> int:
@@ -241,9 +238,7 @@ def bench_rvq(quick: bool = False, rounds: int | None = None, threads: int | Non
     return report
 
 
-def judge_disagreements(
-    ours: torch.Tensor, theirs: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor
-) -> dict:
+def judge_disagreements(ours: torch.Tensor, theirs: torch.Tensor, x: torch.Tensor, codebooks: torch.Tensor) -> dict:
     """Where two searches disagree, which code is really nearer (float64) at the first level that differs.
 
     ours/theirs: codes ``[N, K]``; the residual before that level is rebuilt from our (shared) earlier codes.
@@ -290,8 +285,7 @@ def rvq_table(report: dict) -> str:
     """Markdown table of :func:`bench_rvq`."""
     s = report["shape"]
     lines = [
-        f"RVQ encode, N={s['N']}, K={s['K']}, M={s['M']}, D={s['D']}, {report['threads']} threads "
-        f"({report['timing']})",
+        f"RVQ encode, N={s['N']}, K={s['K']}, M={s['M']}, D={s['D']}, {report['threads']} threads ({report['timing']})",
         "",
         "| method | wall (s) | CPU (s) | peak extra RSS (MB) |",
         "|---|---:|---:|---:|",
@@ -378,10 +372,7 @@ def interp_worker(spec: dict) -> dict:
             grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
             results[name] = [t.detach().float() for t in (out, *grads)]
         report[dtype] = {
-            name: {
-                n: float((a - b).abs().max())
-                for n, a, b in zip(("out", "dq", "dk", "dv"), got, results["ref"])
-            }
+            name: {n: float((a - b).abs().max()) for n, a, b in zip(("out", "dq", "dk", "dv"), got, results["ref"])}
             for name, got in results.items()
             if name != "ref"
         }
@@ -396,9 +387,7 @@ def bench_attention(quick: bool = False, repeats: int | None = None, threads: in
     cpu = {}
     for case in ("fwd", "fwd_bwd", "decode"):
         cpu[case] = {
-            impl: _spawn(
-                "attn-worker", dict(impl=impl, case=case, shape=shape, repeats=repeats, threads=threads)
-            )
+            impl: _spawn("attn-worker", dict(impl=impl, case=case, shape=shape, repeats=repeats, threads=threads))
             for impl in ("sdpa_twin", "naive")
         }
         both = cpu[case]

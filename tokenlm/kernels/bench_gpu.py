@@ -28,7 +28,6 @@ def _tflops(flops: float, ms: float) -> float:
 def attention_gpu(quick: bool) -> dict:
     """Triton vs SDPA on CUDA, fp16 causal: forward, forward+backward, and a decode step (ms, TFLOP/s)."""
 
-
     cases = ATTN_GPU_CASES[:2] if quick else ATTN_GPU_CASES
     rows = [_attention_case(T, D) for T, D in cases]
     return {"dtype": "float16", "causal": True, "cases": rows, "decode": _decode_gpu()}
@@ -42,9 +41,7 @@ def _attention_case(T: int, D: int) -> dict:
     from . import attention
 
     B, H = max(1, 16384 // T), 16
-    q, k, v = (
-        torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)
-    )
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
     dout = torch.randn_like(q)
     flops = 2 * 2 * B * H * T * T * D / 2  # two matmuls, half the square under the causal mask
     row = {"B": B, "H": H, "T": T, "D": D}
@@ -115,9 +112,7 @@ def rvq_gpu(shape: dict) -> dict:
                 "ms": round(ms, 3),
                 "peak_mb": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
             }
-        out["codes_equal_triton_vs_twin"] = bool(
-            torch.equal(methods["triton"]().codes, methods["torch_twin"]().codes)
-        )
+        out["codes_equal_triton_vs_twin"] = bool(torch.equal(methods["triton"]().codes, methods["torch_twin"]().codes))
     if vqp:
         out["vector_quantize_pytorch"] = vqp
     return out
@@ -137,9 +132,7 @@ def _aot_cases():
 
     ptr = lambda t: f"*{t}"
     rvq_types = {n: ptr("fp32") for n in ("x_ptr", "cb_ptr", "norm_ptr", "cmax_ptr", "q_ptr")}
-    rvq_types.update(
-        codes_ptr=ptr("i64"), unsure_ptr=ptr("i32"), N="i32", M="i32", D="i32", K="i32", gamma="fp32"
-    )
+    rvq_types.update(codes_ptr=ptr("i64"), unsure_ptr=ptr("i32"), N="i32", M="i32", D="i32", K="i32", gamma="fp32")
     cases = [
         (
             "rvq D=128",

@@ -48,8 +48,7 @@ def check_inputs(x: torch.Tensor, codebooks: torch.Tensor, codebook_norms: torch
     """Raise ``ValueError`` on shapes or dtypes the search does not accept."""
     if x.dim() != 2 or codebooks.dim() != 3:
         raise ValueError(
-            f"rvq_encode wants x [N, D] and codebooks [K, M, D], got {tuple(x.shape)} and "
-            f"{tuple(codebooks.shape)}"
+            f"rvq_encode wants x [N, D] and codebooks [K, M, D], got {tuple(x.shape)} and {tuple(codebooks.shape)}"
         )
     if x.shape[1] != codebooks.shape[2]:
         raise ValueError(f"rvq_encode: x has D={x.shape[1]} but the codebooks have D={codebooks.shape[2]}")
@@ -113,9 +112,7 @@ def nearest_two(dist: torch.Tensor) -> Nearest:
     col = dist.view(n, S, G).amin(dim=1)  # [n, G] best over slabs, per column
     best, g = col.min(dim=1)
     col.scatter_(1, g[:, None], float("inf"))
-    offsets = (torch.arange(0, n * M, M, device=dist.device) + g)[:, None] + torch.arange(
-        0, M, G, device=dist.device
-    )
+    offsets = (torch.arange(0, n * M, M, device=dist.device) + g)[:, None] + torch.arange(0, M, G, device=dist.device)
     column = dist.view(-1).index_select(0, offsets.view(-1)).view(n, S)  # [n, S] the winning column
     s = column.argmin(dim=1)
     column.scatter_(1, s[:, None], float("inf"))
@@ -144,9 +141,7 @@ class Levels:
 
     def unsure(self, k: int, res: torch.Tensor, near: Nearest) -> torch.Tensor:
         """Indices of rows whose margin is within twice the rounding-error bound (their rank may be wrong)."""
-        bound = error_bound(
-            torch.linalg.vector_norm(res, dim=1), self.code_norm_max[k], res.shape[1], self.dtype
-        )
+        bound = error_bound(torch.linalg.vector_norm(res, dim=1), self.code_norm_max[k], res.shape[1], self.dtype)
         return ((near.runner_up - near.best) <= 2 * bound).nonzero().squeeze(1)
 
 
@@ -178,9 +173,7 @@ def rvq_encode_torch(
     return RVQEncoded(codes, quantized)
 
 
-def _encode_chunk(
-    res: torch.Tensor, levels: Levels, codes_out: torch.Tensor, dist: torch.Tensor
-) -> torch.Tensor:
+def _encode_chunk(res: torch.Tensor, levels: Levels, codes_out: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """All K levels for a chunk of rows; ``res [n, D]`` is used up as the residual. -> quantized [n, D]."""
     q = torch.zeros_like(res)
     for k in range(levels.cb.shape[0]):

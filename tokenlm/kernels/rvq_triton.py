@@ -64,9 +64,7 @@ def _rvq_kernel(
                 other=0.0,
             )
             c_norm = tl.load(norm_ptr + k * M + cols, mask=col_ok, other=float("inf"))
-            dist = c_norm[None, :] - 2.0 * tl.dot(
-                r, tl.trans(c), input_precision="ieee"
-            )  # [BLOCK_N, BLOCK_M]
+            dist = c_norm[None, :] - 2.0 * tl.dot(r, tl.trans(c), input_precision="ieee")  # [BLOCK_N, BLOCK_M]
             t_best, t_idx = tl.min(dist, axis=1, return_indices=True)
             t_second = tl.min(tl.where(cols0[None, :] == t_idx[:, None], float("inf"), dist), axis=1)
             better = t_best < best
