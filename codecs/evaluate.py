@@ -243,9 +243,12 @@ def cli(args) -> int:
 
     codec = pretrained.load(args.model)
     n = args.limit or 40
-    results = evaluate(codec, load_peer(), n_speech=n, n_music=max(4, n // 3))
+    peer = load_peer()
+    results = evaluate(codec, peer, n_speech=n, n_music=max(4, n // 3))
     results["model"] = str(args.model)
     results["model_meta"] = getattr(codec, "pretrained_meta", {})
+    if peer is not None:  # its steps and wall time, to check the "same budget" claim
+        results["encodec_arch_meta"] = getattr(peer, "pretrained_meta", {})
     out = Path(args.out) if args.out else cache_dir() / "eval" / "codec"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "codec_eval.json", json.dumps(results, indent=2) + "\n")
