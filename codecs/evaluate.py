@@ -228,8 +228,10 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def load_peer():
-    folder = cache_dir() / "runs" / "encodec-peer" / "model"
+def load_peer(spec: str = "auto"):
+    if spec == "none":
+        return None
+    folder = cache_dir() / "runs" / "encodec-peer" / "model" if spec == "auto" else Path(spec)
     if not folder.exists():
         log.warning("EnCodec-architecture peer not trained yet (%s missing): row omitted", folder)
         return None
@@ -243,7 +245,7 @@ def cli(args) -> int:
 
     codec = pretrained.load(args.model)
     n = args.limit or 40
-    peer = load_peer()
+    peer = load_peer(getattr(args, "peer", "auto"))
     results = evaluate(codec, peer, n_speech=n, n_music=max(4, n // 3))
     results["model"] = str(args.model)
     results["model_meta"] = getattr(codec, "pretrained_meta", {})

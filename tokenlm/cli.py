@@ -158,6 +158,15 @@ def _eval_args(model: str):
     return add
 
 
+def _codec_eval_args(p):
+    _eval_args("codec-16k")(p)
+    p.add_argument(
+        "--peer",
+        default="auto",
+        help="EnCodec-architecture peer: a model folder, 'none', or 'auto' (the run in the cache, when trained)",
+    )
+
+
 def _semantic_eval_args(p):
     _eval_args("semantic-16k")(p)
     p.add_argument(
@@ -309,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "codec vs Opus, Codec2 and EnCodec",
                 "tokenlm eval codec --json",
                 "tokenlm.codecs.evaluate:cli",
-                _eval_args("codec-16k"),
+                _codec_eval_args,
             ),
             "semantic": (
                 "semantic units: PNMI, purity, speaker invariance",
