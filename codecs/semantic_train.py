@@ -361,7 +361,10 @@ def train(
         run, st = restore_run(cfg, out)
         run.prepare()
         batcher = Batcher(cfg, clips, noise_clips(cfg), seed=run.acc.process_index)
-        batcher.rng.bit_generator.state = _literal(st["batcher_rng"])
+        if run.acc.process_index == 0:  # the saved crop stream is rank 0's; the others start a fresh one
+            batcher.rng.bit_generator.state = _literal(st["batcher_rng"])
+        else:
+            batcher.rng = np.random.default_rng([run.acc.process_index, run.step])
         log.info("resumed %s at step %d", out, run.step)
     else:
         run = new_run(cfg, clips, init)
