@@ -45,6 +45,11 @@ class OptimConfig:
     betas: tuple[float, ...] = (0.8, 0.99)
     warmup_steps: int = 300
     grad_clip: float = 5.0
+    # after warm-up the rate is constant until ``decay_start_step``, then falls along a cosine to
+    # ``min_lr_ratio`` of itself over ``decay_steps`` (a constant rate keeps the held-out loss noisy)
+    decay_start_step: int = 10**9
+    decay_steps: int = 10000
+    min_lr_ratio: float = 0.1
 
 
 def _default_weights() -> dict[str, float]:
@@ -101,15 +106,20 @@ class Trainer:
         self.model = model_cls(cfg.model)
         self.disc: Discriminators | None = None
         self.opt_g = torch.optim.AdamW(self.model.parameters(), cfg.optim.lr, betas=tuple(cfg.optim.betas))
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._warmup)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor)
         self.opt_d = None
         self.balancer = Balancer({k: v for k, v in cfg.weights.items() if not k.startswith("vq/")})
         self.mel = MultiResolutionMelLoss(cfg.model.sample_rate)
         self.complex = CompressedComplexLoss()
         self.step, self.train_seconds = 0, 0.0
 
-    def _warmup(self, step: int) -> float:
-        return min(1.0, (step + 1) / max(1, self.cfg.optim.warmup_steps))
+    def _lr_factor(self, step: int) -> float:
+        """The generator's learning-rate factor at ``step``: linear warm-up, constant, cosine decay."""
+        o = self.cfg.optim
+        if step < o.decay_start_step:
+            return min(1.0, (step + 1) / max(1, o.warmup_steps))
+        p = min(1.0, (step - o.decay_start_step) / max(1, o.decay_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
     # ------------------------------------------------------------------ state
     @property

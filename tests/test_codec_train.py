@@ -227,3 +227,13 @@ def test_model_card_describes_the_adversarial_phase():
     card = model_card("codec-16k", doc, None, None, train)
     assert "adversarial phase from step 11,630" in card and "only the decoder learns" in card
     assert "no adversarial losses" in model_card("codec-16k", doc, None, None, {"gan_start_step": 20000})
+
+
+def test_learning_rate_warmup_constant_then_cosine_decay(tmp_path, corpus):
+    cfg = tiny_cfg(corpus)
+    optim = dataclasses.replace(cfg.optim, warmup_steps=10, decay_start_step=100, decay_steps=50, min_lr_ratio=0.1)
+    t = Trainer(dataclasses.replace(cfg, optim=optim), tmp_path / "lr", seed=0)
+    f = t._lr_factor
+    assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(99) == 1.0
+    assert f(100) == pytest.approx(1.0) and f(125) == pytest.approx(0.55) and f(150) == pytest.approx(0.1)
+    assert f(10**6) == pytest.approx(0.1)
