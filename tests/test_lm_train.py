@@ -171,3 +171,25 @@ def test_train_on_shards_with_fewer_codebooks(tmp_path):
     run = train(replace(base, data=data, max_steps=3, eval_every=3), tmp_path / "run", fresh=True)
     assert run.data.vocab.n_q == 2 and run.model_cfg.n_streams == 2
     assert np.isfinite(run.history[-1]["eval/loss"])
+
+
+def test_tokenize_cli_with_the_bundled_codec_and_semantic_units(tmp_path, capsys):
+    """`tokenlm tokenize --semantic`: codec-16k codes and semantic-16k units, both at 50 Hz, in one shard folder."""
+    from tokenlm.cli import main
+
+    manifest = tmp_path / "m.jsonl"
+    rows = []
+    for i, n in enumerate([16000, 8000]):
+        p = tmp_path / f"s{i}.wav"
+        t = np.arange(n) / 16000
+        sf.write(p, (0.1 * np.sin(2 * np.pi * (200 + 100 * i) * t)).astype(np.float32), 16000)
+        rows.append({"id": f"s{i}", "path": str(p), "duration": n / 16000, "sample_rate": 16000, "kind": "music"})
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["tokenize", str(manifest), "-o", str(tmp_path / "sh"), "--semantic"]) == 0
+    sh = Shards(tmp_path / "sh")
+    assert sh.meta["semantic"] == "semantic-16k" and sh.meta["semantic_frame_rate"] == 50.0
+    assert sh.lengths.tolist() == [50, 25]
+    for i, frames in enumerate([50, 25]):
+        item = sh[i]
+        assert item.codes.shape == (12, frames) and int(item.codes.max()) < 1024
+        assert item.semantic is not None and item.semantic.shape == (frames,) and int(item.semantic.max()) < 100
