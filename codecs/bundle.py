@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,6 +99,13 @@ def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, be
         doc = read_model_config(src)
         save_model(dest, "codec", doc["config"], load_weights(src), meta=doc.get("meta", {}), dtype=torch.float16)
     doc = read_model_config(dest)
+    # the pictures the card shows: training curves and spectrograms from the run, the rate-quality plot of the eval
+    pictures = [run / "curves.png", run / "spectrograms.png"]
+    if eval_json:
+        pictures.append(Path(eval_json).parent / "rate_quality.png")
+    for pic in pictures:
+        if pic.is_file() and pic.resolve() != (dest / pic.name).resolve():
+            shutil.copyfile(pic, dest / pic.name)
     ev = json.loads(Path(eval_json).read_text()) if eval_json else None
     be = json.loads(Path(bench_json).read_text()) if bench_json else None
     train = None
