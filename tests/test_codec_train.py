@@ -237,3 +237,40 @@ def test_learning_rate_warmup_constant_then_cosine_decay(tmp_path, corpus):
     assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(99) == 1.0
     assert f(100) == pytest.approx(1.0) and f(125) == pytest.approx(0.55) and f(150) == pytest.approx(0.1)
     assert f(10**6) == pytest.approx(0.1)
+
+
+def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch):
+    import json
+
+    import tokenlm.codecs.bundle as cb
+
+    import tokenlm.pretrained as pretrained
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for mod, attr, value in (
+        (cb, "WEIGHTS_DIR", weights),
+        (pretrained, "WEIGHTS_DIR", weights),
+        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
+    ):
+        monkeypatch.setattr(mod, attr, value)
+    t = Trainer(dataclasses.replace(tiny_cfg(corpus), eval_clips=1), tmp_path / "run", seed=0)
+    t.fit(max_minutes=None, max_steps=2)
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "rate_quality.png").write_bytes(b"png")
+    results = {"speech_clips": 1, "music_clips": 0, "speech": {}, "music": {}, "systems": {}}
+    monkeypatch.setattr(cb, "markdown", lambda r: "| table |")
+    (ev / "codec_eval.json").write_text(json.dumps(results))
+    dest = cb.bundle(tmp_path / "run", "codec-test", ev / "codec_eval.json")
+    assert (dest / "rate_quality.png").read_bytes() == b"png" and (dest / "curves.png").is_file()
+    assert json.loads((dest / "training.json").read_text())["name"] == t.cfg.name
+    card = (dest / "README.md").read_text()
+    assert "| table |" in card and "no adversarial losses" in card
+    model = pretrained.load("codec-test")
+    assert next(iter(model.state_dict().values())).dtype == torch.float32  # stored fp16, computed fp32
+    from safetensors import safe_open
+
+    with safe_open(dest / "model.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).dtype in (torch.float16, torch.int64, torch.bool) for k in f.keys())
