@@ -105,6 +105,7 @@ class Trainer:
         model_cls, self.kind = MODELS[type(cfg.model)]
         self.model = model_cls(cfg.model)
         self.disc: Discriminators | None = None
+        self.warm_step = 0  # the step a warm start began at: the learning-rate warm-up counts from here
         self.opt_g = torch.optim.AdamW(self.model.parameters(), cfg.optim.lr, betas=tuple(cfg.optim.betas))
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor)
         self.opt_d = None
@@ -116,10 +117,11 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         """The generator's learning-rate factor at ``step``: linear warm-up, constant, cosine decay."""
         o = self.cfg.optim
+        warm = min(1.0, (step - self.warm_step + 1) / max(1, o.warmup_steps))
         if step < o.decay_start_step:
-            return min(1.0, (step + 1) / max(1, o.warmup_steps))
+            return warm
         p = min(1.0, (step - o.decay_start_step) / max(1, o.decay_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+        return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
     # ------------------------------------------------------------------ state
     @property
@@ -140,6 +142,7 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "balancer": self.balancer.state_dict(),
             "step": self.step,
+            "warm_step": self.warm_step,
             "train_seconds": self.train_seconds,
             "rng": rng_state(),
             "config": json.dumps(to_dict(self.cfg)),
@@ -167,6 +170,7 @@ class Trainer:
         self.sched_g.load_state_dict(state["sched_g"])
         self.balancer.load_state_dict(state["balancer"])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.warm_step = int(state.get("warm_step", 0))
         if "disc" in state:
             self._make_disc()
             self.disc.load_state_dict(state["disc"])
@@ -174,13 +178,24 @@ class Trainer:
         set_rng_state(state["rng"])
         log.info("resumed %s at step %d (%.2f h trained)", self.state_path, self.step, self.train_seconds / 3600)
 
-    def warm_start(self, init: str) -> None:
-        from tokenlm.checkpoint import load_state_dict_strict
+    def warm_start(self, init: str, continue_run: bool = False) -> None:
+        """Load a bundled or saved model's weights; ``continue_run`` also takes over its step count and hours
+        when it was saved by a run of the same name (the committed model of this run)."""
+        from tokenlm.checkpoint import load_state_dict_strict, read_model_config
         from tokenlm.pretrained import resolve
 
         folder = resolve(init)
         load_state_dict_strict(self.model, load_weights(folder), where=str(folder))
-        log.info("warm start from %s", folder)
+        meta = read_model_config(folder).get("meta", {})
+        if continue_run and meta.get("run") == self.cfg.name and "steps" in meta:
+            # the same run, continued from its committed model (its training state is gone): the step count,
+            # hours and learning-rate schedule go on; optimiser moments start afresh, so the warm-up is redone
+            self.step = self.warm_step = int(meta["steps"])
+            self.train_seconds = float(meta.get("train_hours", 0.0)) * 3600
+            for group in self.opt_g.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+            self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor, last_epoch=self.step - 1)
+        log.info("warm start from %s at step %d", folder, self.step)
 
     @torch.no_grad()
     def kmeans_init(self, sampler) -> None:
@@ -439,7 +454,7 @@ def cli(args) -> int:
 
         # no run yet: continue from the last committed model when it has the same architecture
         if "codec-16k" in registry() and read_model_config(WEIGHTS_DIR / "codec-16k")["config"] == to_dict(cfg.model):
-            trainer.warm_start("codec-16k")
+            trainer.warm_start("codec-16k", continue_run=True)
     trainer.fit(args.max_minutes, args.max_steps)
     log.info("checkpoint: %s", trainer.run_dir)
     return 0

@@ -1,6 +1,7 @@
 """A tiny codec trains on a fixture corpus, checkpoints, and resumes onto the same trajectory."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -237,6 +238,27 @@ def test_learning_rate_warmup_constant_then_cosine_decay(tmp_path, corpus):
     assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(99) == 1.0
     assert f(100) == pytest.approx(1.0) and f(125) == pytest.approx(0.55) and f(150) == pytest.approx(0.1)
     assert f(10**6) == pytest.approx(0.1)
+
+
+def test_warm_start_continues_the_same_run_from_its_saved_model(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_cfg(corpus)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=4, decay_start_step=6))
+    a = Trainer(cfg, tmp_path / "a", seed=0)
+    a.fit(max_minutes=None, max_steps=5)
+    # its training state is lost; only the saved model is left
+    b = Trainer(cfg, tmp_path / "b", seed=0)
+    b.warm_start(str(tmp_path / "a" / "model"), continue_run=True)
+    assert b.step == b.warm_step == 5 and b.train_seconds == pytest.approx(a.train_seconds, abs=3.6)
+    # fresh optimiser moments: the warm-up is redone from step 5, and the decay (from step 6) still applies
+    assert b.opt_g.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.25)
+    decayed = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / cfg.optim.decay_steps))
+    assert b._lr_factor(8) == pytest.approx(decayed)
+    b.fit(max_minutes=None, max_steps=7)
+    assert load_state(tmp_path / "b" / "state.safetensors")["warm_step"] == 5
+    c = Trainer(cfg, tmp_path / "c", seed=0)
+    c.warm_start(str(tmp_path / "a" / "model"))  # a plain warm start: weights only
+    assert c.step == 0
 
 
 def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch):
