@@ -41,11 +41,25 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         f"wall time: {meta.get('train_hours')} h on 1 thread of a shared 2-core CPU (no GPU).",
         "- data (train split of `tokenlm data build --recipe small`): real speech (Fish Fillets NG nl/cs, Tux Paint "
         "descriptions in 13 languages, KLettres; GPL-2), game music (Wesnoth, SuperTux, SuperTuxKart, Frozen Bubble) "
-        "and sound events; weights speech 0.5 / synthetic speech 0.15 (espeak-ng, festival, flite, piper; joined "
+        "and music21 scores rendered with fluidsynth, sound events; weights speech 0.5 / synthetic speech 0.15 "
+        "(espeak-ng, festival, flite, piper; joined "
         "the run at step 4,127 when its manifest appeared) / music 0.25 / sounds 0.1.",
         "- losses: multi-resolution log+linear mel L1 and power-law compressed complex STFT MSE through EnCodec's "
         "loss balancer, commitment loss.",
     ]
+    if (train or {}).get("warm_start_step"):
+        lines.append(
+            f"- continued from the committed model of step {train['warm_start_step']:,} (its optimiser state was "
+            "not kept: fresh AdamW moments and a new warm-up; step count, hours and schedule carried on)."
+        )
+    optim = (train or {}).get("optim", {})
+    if optim.get("decay_start_step", 10**9) < (meta.get("steps") or 0):
+        end = optim["decay_start_step"] + optim.get("decay_steps", 0)
+        lines.append(
+            f"- learning rate {optim.get('lr'):g} (AdamW) after a linear warm-up, constant until step "
+            f"{optim['decay_start_step']:,}, then a cosine decay to {optim.get('min_lr_ratio', 0.1):g} of it by "
+            f"step {end:,}."
+        )
     gan = (train or {}).get("gan_start_step", 10**9)
     if gan < (meta.get("steps") or 0):
         frozen = train.get("gan_freeze_tokens", False)
@@ -61,7 +75,10 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
             )
         )
     else:
-        lines.append("- no adversarial losses yet (the discriminators exist; switching them on is the next step).")
+        lines.append(
+            "- no adversarial losses: tried from a trained model on one CPU core, the discriminators stayed near "
+            "chance and made held-out quality worse (configs/codec/small.yaml says more)."
+        )
     lines += [
         "",
         "## Held-out results",
@@ -110,7 +127,10 @@ def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, be
     be = json.loads(Path(bench_json).read_text()) if bench_json else None
     train = None
     if (run / "state.safetensors").exists():
-        train = json.loads(load_state(run / "state.safetensors")["config"])
+        state = load_state(run / "state.safetensors")
+        train = json.loads(state["config"])
+        if int(state.get("warm_step", 0)):
+            train["warm_start_step"] = int(state["warm_step"])
     elif (dest / "training.json").exists():
         train = json.loads((dest / "training.json").read_text())
     if train is not None:

@@ -229,6 +229,10 @@ def test_model_card_describes_the_adversarial_phase():
     card = model_card("codec-16k", doc, None, None, train)
     assert "adversarial phase from step 11,630" in card and "only the decoder learns" in card
     assert "no adversarial losses" in model_card("codec-16k", doc, None, None, {"gan_start_step": 20000})
+    cont = {"warm_start_step": 10244, "optim": {"lr": 5e-4, "decay_start_step": 11000, "decay_steps": 12000}}
+    card = model_card("codec-16k", doc, None, None, cont)
+    assert "continued from the committed model of step 10,244" in card
+    assert "constant until step 11,000, then a cosine decay to 0.1 of it by step 23,000" in card
 
 
 def test_learning_rate_warmup_constant_then_cosine_decay(tmp_path, corpus):
