@@ -144,28 +144,21 @@ class Codec(nn.Module):
         return wav[:, None, :length] if length is not None else wav[:, None]
 
     # ------------------------------------------------------------------ training
-    def forward(
-        self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False, bypass_quantizer: bool = False
-    ) -> CodecOutput:
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False) -> CodecOutput:
         """Encode, quantize with ``n_q`` codebooks (training: quantizer dropout), decode; same length as input.
 
         ``frozen_tokens``: encoder and codebooks run without gradients or EMA updates, so only the decoder
-        learns and the codes stay exactly those of the model so far (decoder-only fine-tuning).
-        ``bypass_quantizer``: the latents go to the decoder unquantized (an autoencoder warm-up)."""
+        learns and the codes stay exactly those of the model so far (decoder-only fine-tuning)."""
         N = wav.shape[-1]
-        quant = quantize(self, wav, n_q, frozen_tokens, bypass_quantizer)
+        quant = quantize(self, wav, n_q, frozen_tokens)
         frames, _ = self.decoder(quant.quantized)
         out, _ = overlap_add(frames)
         return CodecOutput(out[:, None, :N], quant)
 
 
-def quantize(model, wav: torch.Tensor, n_q: int | None, frozen_tokens: bool, bypass: bool = False):
+def quantize(model, wav: torch.Tensor, n_q: int | None, frozen_tokens: bool):
     """``model.quantizer(model.latents(wav), n_q)``; with ``frozen_tokens`` under no_grad and without EMA
-    updates; with ``bypass`` not quantized at all (no codes) (shared by the codec and the EnCodec peer)."""
-    if bypass:
-        z = model.latents(wav)
-        codes = torch.zeros(z.shape[0], 0, z.shape[1], dtype=torch.long, device=z.device)
-        return QuantizedResult(z, codes, z.new_zeros(()), z.new_zeros(1))
+    updates (shared by the codec and the EnCodec peer)."""
     if not frozen_tokens:
         return model.quantizer(model.latents(wav), n_q)
     was = model.quantizer.training

@@ -106,8 +106,6 @@ class EncodecPeer(nn.Module):
         wav = self._decode_latents(self.quantizer.decode(codes))
         return wav[..., :length] if length is not None else wav
 
-    def forward(
-        self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False, bypass_quantizer: bool = False
-    ) -> CodecOutput:
-        quant = quantize(self, wav, n_q, frozen_tokens, bypass_quantizer)
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, frozen_tokens: bool = False) -> CodecOutput:
+        quant = quantize(self, wav, n_q, frozen_tokens)
         return CodecOutput(self._decode_latents(quant.quantized)[..., : wav.shape[-1]], quant)

@@ -77,11 +77,6 @@ class TrainConfig:
     mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
     stft_channels: int = 8
     n_q_choices: tuple[int, ...] = (3, 6, 12)  # quantizer dropout: one of these per batch
-    # Steps trained as a plain autoencoder before the codebooks are k-means-initialised on the latents of that
-    # moment. 0 for our codec (its LayerNorms give structured latents from step 0). A fresh SEANet (the EnCodec
-    # peer) gives latents that barely vary over time, and codebooks fitted to them collapsed (perplexity 2-8 after
-    # 1,400 steps); after ~50 autoencoder steps its latents vary 100x more.
-    quantizer_warmup_steps: int = 0
     precision: str = "bf16"  # autocast dtype of the forward passes: "bf16" (fast on AVX-512 BF16 / GPUs) or "fp32"
     kmeans_batches: int = 24
     checkpoint_minutes: float = 5.0
@@ -204,13 +199,12 @@ class Trainer:
 
     @torch.no_grad()
     def kmeans_init(self, sampler) -> None:
-        model = self.acc.unwrap_model(self.model)
         zs = []
         for i in progress(range(self.cfg.kmeans_batches), desc="k-means init"):
             x = sampler.batch(10**8 + i)  # batches never used for training
-            z = model.latents(x[:, None].to(self.acc.device))
+            z = self.model.latents(x[:, None])
             zs.append(z.reshape(-1, z.shape[-1]))
-        model.quantizer.kmeans_init(torch.cat(zs))
+        self.model.quantizer.kmeans_init(torch.cat(zs))
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
@@ -228,12 +222,7 @@ class Trainer:
             self._make_disc()
             self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
         with self.autocast():
-            out = self.model(
-                x[:, None],
-                self.n_q_for_step(),
-                frozen_tokens=gan and self.cfg.gan_freeze_tokens,
-                bypass_quantizer=self.step < self.cfg.quantizer_warmup_steps,
-            )
+            out = self.model(x[:, None], self.n_q_for_step(), frozen_tokens=gan and self.cfg.gan_freeze_tokens)
         y = out.wav[:, 0].float()
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
         d_grads, stats = None, {}
@@ -291,8 +280,7 @@ class Trainer:
         sampler = build_sampler(
             self.cfg.data, self.cfg.model.sample_rate, "train", seed=self.seed + 1000 * self.acc.process_index
         )
-        warm = self.cfg.quantizer_warmup_steps
-        if self.step == 0 and not bool(self.model.quantizer.initialized) and warm == 0:
+        if self.step == 0 and not bool(self.model.quantizer.initialized):
             self.kmeans_init(sampler)
         self.model, self.opt_g = self.acc.prepare(self.model, self.opt_g)
         evaluator = HeldOutProbe(self.cfg, self.run_dir)
@@ -302,8 +290,6 @@ class Trainer:
         self.model.train()
         while True:
             t0 = time.time()
-            if self.step >= warm and not bool(self.acc.unwrap_model(self.model).quantizer.initialized):
-                self.kmeans_init(sampler)  # after the autoencoder warm-up (DDP then broadcasts rank 0's codebooks)
             stats = self.train_step(sampler.batch(self.step).to(self.acc.device))
             self.step += 1
             self.train_seconds = last + (time.time() - t_start)

@@ -1,7 +1,6 @@
 """A tiny codec trains on a fixture corpus, checkpoints, and resumes onto the same trajectory."""
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -264,18 +263,6 @@ def test_warm_start_continues_the_same_run_from_its_saved_model(tmp_path, corpus
     c = Trainer(cfg, tmp_path / "c", seed=0)
     c.warm_start(str(tmp_path / "a" / "model"))  # a plain warm start: weights only
     assert c.step == 0
-
-
-def test_quantizer_warmup_trains_an_autoencoder_then_initialises_the_codebooks(tmp_path, corpus, monkeypatch):
-    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
-    t = Trainer(dataclasses.replace(tiny_cfg(corpus), quantizer_warmup_steps=2, log_every=1), tmp_path / "q", seed=0)
-    t.fit(max_minutes=None, max_steps=2)
-    assert not bool(t.acc.unwrap_model(t.model).quantizer.initialized)
-    t.fit(max_minutes=None, max_steps=4)
-    assert bool(t.acc.unwrap_model(t.model).quantizer.initialized)
-    logged = [json.loads(line) for line in (tmp_path / "q" / "train_log.jsonl").read_text().splitlines()]
-    ppl = {r["step"]: r["vq/perplexity"] for r in logged if "vq/perplexity" in r}
-    assert ppl[1] == ppl[2] == 0 and ppl[3] > 1 and ppl[4] > 1
 
 
 def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch):
