@@ -96,8 +96,12 @@ def systems(codec, peer=None) -> dict[str, tuple[float, System]]:
     if shutil.which("ffmpeg"):
         out["opus@6"] = (6.0, opus_system(6))
         out["opus@12"] = (12.0, opus_system(12))
+    else:
+        log.warning("ffmpeg not found (apt-get install ffmpeg): Opus is left out of the table")
     if shutil.which("c2enc"):
         out["codec2@3.2"] = (3.2, codec2_system("3200"))
+    else:
+        log.warning("c2enc not found (apt-get install codec2): Codec2 is left out of the table")
     return out
 
 
