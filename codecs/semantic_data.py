@@ -12,7 +12,6 @@ where ``phones`` names a JSON file ``[[start_s, end_s, phone], ...]``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 import re
@@ -21,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenlm.corpus.espeak import Espeak
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_write_text, cache_dir, progress
 
 from .audio import load_audio, resample, save_audio
 
-ESPEAK_RATE = 22050
 TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "belinda", "david")
 EVAL_ACCENTS = ("en-gb-x-rp", "en-gb-x-gbcwmd")
@@ -34,29 +33,7 @@ EVAL_VARIANTS = ("m7", "f4", "f5", "klatt4", "Andy", "linda")
 SILENCE = "_"
 
 
-# --------------------------------------------------------------------------- espeak-ng through ctypes
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):  # espeak_EVENT in speak_lib.h
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-_EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
-_PARAM = {"rate": 1, "pitch": 3, "range": 4}
+# --------------------------------------------------------------------------- espeak-ng
 
 
 @dataclass(frozen=True)
@@ -68,49 +45,12 @@ class Utterance:
     phones: list[tuple[float, float, str]]
 
 
-class Espeak:
-    """One espeak-ng engine in synchronous mode; ``say`` returns audio with phone timings."""
-
-    _lib = None
-
-    def __init__(self):
-        if Espeak._lib is None:
-            try:
-                lib = ctypes.CDLL("libespeak-ng.so.1")
-            except OSError:
-                raise TokenlmError("libespeak-ng.so.1 not found (apt-get install espeak-ng)") from None
-            if lib.espeak_Initialize(2, 0, None, 1) != ESPEAK_RATE:  # synchronous, phoneme events on
-                raise TokenlmError("espeak-ng failed to initialise")
-            Espeak._lib = lib
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, str]] = []
-        self._cb = _CALLBACK(self._collect)  # keep a reference: ctypes does not
-        Espeak._lib.espeak_SetSynthCallback(self._cb)
-
-    def _collect(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_END_OF_LIST:
-            if events[i].type == _EVENT_PHONEME:
-                self._events.append((events[i].sample, events[i].id.string.decode("ascii", "replace")))
-            i += 1
-        return 0
-
-    def say(self, text: str, voice: str, pitch: int = 50, range_: int = 50, rate: int = 175) -> Utterance:
-        """Speak ``text`` with ``voice`` (``accent+variant``) -> 22.05 kHz audio and phone intervals."""
-        lib = Espeak._lib
-        lib.espeak_SetSynthCallback(self._cb)
-        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise TokenlmError(f"espeak-ng has no voice {voice!r}")
-        for name, value in (("pitch", pitch), ("range", range_), ("rate", rate)):
-            lib.espeak_SetParameter(_PARAM[name], int(value), 0)
-        self._chunks, self._events = [], []
-        data = text.encode("utf-8") + b"\0"
-        lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)
-        lib.espeak_Synchronize()
-        wav = np.concatenate(self._chunks).astype(np.float32) / 32768.0 if self._chunks else np.zeros(0, np.float32)
-        return Utterance(wav, ESPEAK_RATE, _intervals(self._events, len(wav), ESPEAK_RATE))
+def say(
+    text: str, voice: str, pitch: int = 50, range_: int = 50, rate: int = 175, engine: Espeak | None = None
+) -> Utterance:
+    """Speak ``text`` with ``voice`` (``accent+variant``) -> 22.05 kHz audio and covering phone intervals."""
+    syn = (engine or Espeak()).synth(text, voice, rate=rate, pitch=pitch, range_=range_)
+    return Utterance(syn.samples, syn.sample_rate, _intervals(syn.events, len(syn.samples), syn.sample_rate))
 
 
 def _intervals(events: list[tuple[int, str]], n: int, sr: int) -> list[tuple[float, float, str]]:
@@ -220,7 +160,7 @@ def _distinct_voices(rng: random.Random, k: int) -> list[dict]:
 
 
 def _write_clip(root: Path, engine: Espeak, split: str, i: int, text: str, v: dict, sr: int) -> dict:
-    utt = engine.say(text, **v)
+    utt = say(text, **v, engine=engine)
     name = f"{split}/{i:05d}_{v['voice'].replace('+', '_')}"
     wav = root / f"{name}.wav"
     save_audio(wav, resample(utt.samples[None], utt.sample_rate, sr)[0] * 0.9, sr)

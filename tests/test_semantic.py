@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from tokenlm.codecs.semantic_data import Espeak, build_espeak_corpus, frame_labels, is_held_out_voice, read_phones
+from tokenlm.codecs.semantic_data import build_espeak_corpus, frame_labels, is_held_out_voice, read_phones, say
 from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
 from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
 
@@ -120,7 +120,7 @@ def test_edit_distance_and_invariance():
 
 
 def test_espeak_phones_cover_the_clip(tmp_path):
-    utt = Espeak().say("Seven small birds.", "en-us+m3")
+    utt = say("Seven small birds.", "en-us+m3")
     assert utt.sample_rate == 22050 and len(utt.samples) > 0.5 * utt.sample_rate
     starts, ends = [p[0] for p in utt.phones], [p[1] for p in utt.phones]
     assert starts[0] == 0.0 and ends[-1] == pytest.approx(len(utt.samples) / utt.sample_rate)
@@ -131,7 +131,7 @@ def test_espeak_phones_cover_the_clip(tmp_path):
     (tmp_path / "p.txt").write_text("0.0 0.1 sil\n0.1 0.25 dh\n")  # the corpus's text format
     assert read_phones(tmp_path / "p.txt") == [(0.0, 0.1, "sil"), (0.1, 0.25, "dh")]
     with pytest.raises(TokenlmError):
-        Espeak().say("x", "no-such-voice")
+        say("x", "no-such-voice")
 
 
 def test_corpus_splits_hold_out_voices(corpus):

@@ -5,7 +5,9 @@ The command line's ``--pho`` needs mbrola (not available), but the library initi
 ``audio_position`` (ms) marks where each phoneme starts. A phone ends where the next event starts;
 the last ends at the end of the audio. Phone names are espeak's mnemonics (``_:`` etc. are pauses).
 
-The library keeps global state, so one ``Espeak`` object per process.
+The library keeps global state: it is initialised once per process, and each ``synth`` call installs the
+calling engine's callback. This is the one ctypes binding of espeak-ng in tokenlm (the corpus's synthetic
+speech and the semantic tokenizer's phone-timed corpus both use it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ CHARS_UTF8 = 1
 POS_CHARACTER = 1
 EVENT_LIST_TERMINATED, EVENT_PHONEME = 0, 7
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
+SAMPLE_RATE = 22050  # espeak-ng's output rate
 
 
 class _EventId(ctypes.Union):
@@ -55,39 +58,44 @@ class Phone:
 
 @dataclass(frozen=True)
 class Synthesis:
-    """Mono float32 ``samples`` [N] at ``sample_rate`` Hz and their phone timings."""
+    """Mono float32 ``samples`` [N] at ``sample_rate`` Hz and their phone timings; ``events`` are the raw
+    phoneme events ``(start sample, espeak phone name)``, for callers that make their own intervals."""
 
     samples: np.ndarray
     sample_rate: int
     phones: list[Phone]
+    events: list[tuple[int, str]]
 
 
 class Espeak:
     """Synthesize text with any espeak-ng voice (``en-us+m3``), rate (words/min) and pitch (0-99)."""
 
+    _lib = None  # the process-wide library handle, initialised once
+
     def __init__(self, library: str | None = None):
-        name = library or ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
-        try:
-            self.lib = ctypes.CDLL(name)
-        except OSError as e:
-            raise TokenlmError(f"espeak-ng library not found ({e}); install the espeak-ng package") from None
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_PHONEME_EVENTS)
-        if self.sample_rate <= 0:
-            raise TokenlmError("espeak-ng failed to initialise")
+        if Espeak._lib is None:
+            name = library or ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+            try:
+                lib = ctypes.CDLL(name)
+            except OSError as e:
+                raise TokenlmError(f"espeak-ng library not found ({e}); install the espeak-ng package") from None
+            lib.espeak_Synth.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.c_uint,
+                ctypes.c_int,
+                ctypes.c_uint,
+                ctypes.c_uint,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+            ]
+            if lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_PHONEME_EVENTS) != SAMPLE_RATE:
+                raise TokenlmError("espeak-ng failed to initialise")
+            Espeak._lib = lib
+        self.lib, self.sample_rate = Espeak._lib, SAMPLE_RATE
         self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, str]] = []
+        self._events: list[tuple[int, int, str]] = []  # (sample, ms, name)
         self._cb = _CALLBACK(self._on_audio)  # keep a reference: the library calls it later
-        self.lib.espeak_SetSynthCallback(self._cb)
 
     def _on_audio(self, wav, n, events) -> int:
         if n > 0:
@@ -96,21 +104,26 @@ class Espeak:
         while events[i].type != EVENT_LIST_TERMINATED:
             if events[i].type == EVENT_PHONEME:
                 name = bytes(events[i].id.string).split(b"\0")[0].decode("utf-8", "replace")
-                self._events.append((events[i].audio_position, name))
+                self._events.append((events[i].sample, events[i].audio_position, name))
             i += 1
         return 0
 
-    def synth(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> Synthesis:
+    def synth(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, range_: int = 50) -> Synthesis:
+        """``voice`` is ``accent`` or ``accent+variant``; rate in words/min, pitch and its range 0-99 (every
+        parameter is set on every call: the library would keep the previous call's)."""
+        self.lib.espeak_SetSynthCallback(self._cb)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise TokenlmError(f"espeak-ng has no voice {voice!r}")
         self.lib.espeak_SetParameter(PARAM_RATE, int(rate), 0)
         self.lib.espeak_SetParameter(PARAM_PITCH, int(pitch), 0)
+        self.lib.espeak_SetParameter(PARAM_RANGE, int(range_), 0)
         self._chunks, self._events = [], []
         data = text.encode("utf-8") + b"\0"
         self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
         self.lib.espeak_Synchronize()
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        return Synthesis(samples, self.sample_rate, phones_from_events(self._events, len(samples) / self.sample_rate))
+        phones = phones_from_events([(ms, name) for _, ms, name in self._events], len(samples) / self.sample_rate)
+        return Synthesis(samples, self.sample_rate, phones, [(smp, name) for smp, _, name in self._events])
 
 
 def phones_from_events(events: list[tuple[int, str]], total_s: float) -> list[Phone]:
