@@ -53,6 +53,8 @@ def test_espeak_phones_from_events():
 
     ph = phones_from_events([(0, "h"), (50, "@"), (50, "l"), (120, "oU")], total_s=0.3)
     assert [(p.start, p.end, p.phone) for p in ph] == [(0.0, 0.05, "h"), (0.05, 0.12, "l"), (0.12, 0.3, "oU")]
+    last = phones_from_events([(0, "h"), (120, "oU")], total_s=0.12004)  # ends 40 us after it starts
+    assert [(p.start, p.end, p.phone) for p in last] == [(0.0, 0.12, "h")]
 
 
 @pytest.mark.skipif(shutil.which("festival") is None, reason="festival not installed")

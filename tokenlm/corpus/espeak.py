@@ -132,6 +132,7 @@ def phones_from_events(events: list[tuple[int, str]], total_s: float) -> list[Ph
     phones = []
     for i, (start, name) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else max(total_s, start)
+        start, end = round(start, 4), round(end, 4)  # compare as stored: a last end 50 us past its start rounds to it
         if end > start:
-            phones.append(Phone(round(start, 4), round(end, 4), name))
+            phones.append(Phone(start, end, name))
     return phones
