@@ -70,7 +70,9 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
         self.hop, self.n_fft, self.win = cfg.hop_length, cfg.n_fft, cfg.win_length
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, warp: torch.Tensor | None = None) -> torch.Tensor:
+        """``warp`` [B]: vocal-tract-length perturbation (Jaitly & Hinton, 2013), the power spectrum read at
+        ``f / warp`` (formants move up by the factor for warp > 1); training only."""
         B, N = wav.shape
         T = max(1, math.ceil(N / self.hop))
         left = self.n_fft // 2 - self.hop // 2
@@ -78,8 +80,25 @@ class LogMel(nn.Module):
         x = F.pad(wav, (left, right))
         spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
         power = spec.real**2 + spec.imag**2  # [B, F, T]
+        if warp is not None:
+            power = warp_frequency(power, warp)
         mel = torch.einsum("mf,bft->bmt", self.fbank, power[..., :T])
         return torch.log(mel + 1e-6)
+
+
+def warp_frequency(power: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
+    """``power`` [B, F, T] -> the same spectra with frequency ``f`` taking the value at ``f / warp[b]``
+    (linear interpolation between bins; past Nyquist the top bin repeats)."""
+    n = power.shape[1]
+    src = (torch.arange(n, device=power.device, dtype=power.dtype)[None] / warp[:, None].to(power.dtype)).clamp(
+        max=n - 1
+    )  # [B, F]
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = (src - lo)[..., None]
+    T = power.shape[-1]
+    take = lambda idx: power.gather(1, idx[..., None].expand(-1, -1, T))  # noqa: E731
+    return take(lo) * (1 - frac) + take(hi) * frac
 
 
 def cmvn(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -200,9 +219,9 @@ class SemanticEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def frames(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform ``[B, N]`` -> normalised log-mel ``[B, n_mels, T]``."""
-        return cmvn(self.features(wav))
+    def frames(self, wav: torch.Tensor, warp: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveform ``[B, N]`` -> normalised log-mel ``[B, n_mels, T]`` (``warp``: see ``LogMel``)."""
+        return cmvn(self.features(wav, warp))
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None, upto: int | None = None) -> EncoderOutput:
         """``feats`` [B, n_mels, T]; ``mask`` [B, T] bool (True = replaced by the mask embedding);
@@ -261,10 +280,11 @@ class SemanticTokenizer(nn.Module):
         layer = layer or self.cfg.unit_layer
         return self.encoder(self.encoder.frames(wav), upto=layer).layers[layer - 1]
 
-    def forward(self, wav: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, mask: torch.Tensor, warp: torch.Tensor | None = None) -> torch.Tensor:
         """Masked prediction (training): mono ``wav`` [B, N] with frames ``mask`` [B, T] hidden -> target logits
-        ``[B, T, n_targets]``. One module call, so that DDP sees the whole forward pass."""
-        return self.head(self.encoder(self.encoder.frames(wav), mask).hidden)
+        ``[B, T, n_targets]``; ``warp`` [B] perturbs the input's vocal tract length (the targets come from the
+        unwarped audio, so the model learns to ignore it). One module call, so that DDP sees the whole pass."""
+        return self.head(self.encoder(self.encoder.frames(wav, warp), mask).hidden)
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:

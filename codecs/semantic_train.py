@@ -64,6 +64,9 @@ class SemanticTrainConfig:
     mask_prob: float = 0.08
     mask_span: int = 5
     speed_factors: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    # vocal-tract-length perturbation of the student's input only (uniform in this range; (1, 1): off): the
+    # targets come from the unwarped audio, so units must not depend on formant scale (ContentVec's idea, cheap)
+    vtlp_range: tuple[float, ...] = (1.0, 1.0)
     noise_prob: float = 0.5
     snr_db: tuple[float, ...] = (5.0, 25.0)
     kmeans_clips: int = 600
@@ -268,8 +271,10 @@ def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
     B, T = targets.shape
     frame_valid = valid[:, :: cfg.model.hop_length][:, :T]
     mask = span_mask(B, T, cfg.mask_prob, cfg.mask_span, gen).to(device) & frame_valid
+    lo, hi = cfg.vtlp_range
+    warp = lo + (hi - lo) * torch.rand(B, generator=gen).to(device) if hi > lo else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        logits = model(noisy, mask)  # [B, T, n_targets]
+        logits = model(noisy, mask, warp)  # [B, T, n_targets]
     logits = logits.float()
     loss = F.cross_entropy(logits[mask], targets[mask])
     for g in run.opt.param_groups:

@@ -287,3 +287,23 @@ def test_two_process_ddp_training_on_cpu(corpus, tmp_path):
     assert load_state(tmp_path / "run" / "state.safetensors")["step"] == 3
     tok = load(tmp_path / "run" / "model")
     assert isinstance(tok, SemanticTokenizer) and tok.pretrained_meta["step"] == 3
+
+
+def test_vtlp_warp_moves_spectra_along_frequency():
+    from tokenlm.codecs.semantic import warp_frequency
+
+    power = torch.rand(2, 257, 5)
+    same = warp_frequency(power, torch.ones(2))
+    assert torch.allclose(same, power)
+    up = warp_frequency(power, torch.tensor([2.0, 0.5]))
+    assert torch.allclose(up[0, 20], power[0, 10]) and torch.allclose(up[0, 21], (power[0, 10] + power[0, 11]) / 2)
+    assert torch.allclose(up[1, 10], power[1, 20]) and torch.allclose(up[1, 200], power[1, 256])  # past Nyquist
+
+
+def test_vtlp_reaches_the_students_input_only(tmp_path):
+    cfg = SemanticConfig(dim=32, n_layers=2, n_heads=2, n_targets=8, codebook_size=8, unit_layer=1)
+    model = SemanticTokenizer(cfg).eval()  # no dropout
+    wav, mask = torch.randn(2, 3200), torch.zeros(2, 10, dtype=torch.bool)
+    a, b = model(wav, mask), model(wav, mask, torch.tensor([1.1, 0.9]))
+    assert a.shape == b.shape == (2, 10, 8) and not torch.allclose(a, b)
+    assert torch.allclose(model(wav, mask, torch.ones(2)), a, atol=1e-5)
