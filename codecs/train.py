@@ -435,6 +435,16 @@ def save_spectrograms(path: Path, model: Codec, wav: torch.Tensor) -> None:
     plt.close(fig)
 
 
+# quantizer training settings: a committed model continues under new values of these
+TRAINING_ONLY_KEYS = ("ema_decay", "dead_threshold")
+
+
+def architecture_diff(committed: dict, wanted: dict) -> list[str]:
+    """Model-config keys whose values differ (training-only settings of the quantizer excepted)."""
+    keys = (set(committed) | set(wanted)) - set(TRAINING_ONLY_KEYS)
+    return sorted(k for k in keys if committed.get(k) != wanted.get(k))
+
+
 def cli(args) -> int:
     from tokenlm.config import read_yaml
 
@@ -453,8 +463,12 @@ def cli(args) -> int:
         from tokenlm.pretrained import WEIGHTS_DIR, registry
 
         # no run yet: continue from the last committed model when it has the same architecture
-        if "codec-16k" in registry() and read_model_config(WEIGHTS_DIR / "codec-16k")["config"] == to_dict(cfg.model):
-            trainer.warm_start("codec-16k", continue_run=True)
+        if "codec-16k" in registry():
+            differ = architecture_diff(read_model_config(WEIGHTS_DIR / "codec-16k")["config"], to_dict(cfg.model))
+            if not differ:
+                trainer.warm_start("codec-16k", continue_run=True)
+            else:
+                log.info("training from scratch: codec-16k differs in %s", ", ".join(differ))
     trainer.fit(args.max_minutes, args.max_steps)
     log.info("checkpoint: %s", trainer.run_dir)
     return 0

@@ -300,3 +300,24 @@ def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corp
 
     with safe_open(dest / "model.safetensors", "pt") as f:
         assert all(f.get_tensor(k).dtype in (torch.float16, torch.int64, torch.bool) for k in f.keys())
+
+
+def test_new_quantizer_settings_still_continue_the_committed_model():
+    """A new dead-code threshold or EMA decay keeps the architecture (training continues the committed codec);
+    a new width does not (training starts from scratch)."""
+    from tokenlm.codecs.train import architecture_diff
+
+    committed = {"dim": 256, "n_q": 12, "dead_threshold": 1.0, "ema_decay": 0.99}
+    assert architecture_diff(committed, {**committed, "dead_threshold": 0.1, "ema_decay": 0.9}) == []
+    assert architecture_diff(committed, {**committed, "dim": 384}) == ["dim"]
+    assert architecture_diff(committed, {k: v for k, v in committed.items() if k != "n_q"}) == ["n_q"]
+
+
+def test_shipped_small_config_continues_the_bundled_codec():
+    from tokenlm.checkpoint import read_model_config
+    from tokenlm.codecs.train import architecture_diff
+    from tokenlm.config import to_dict
+    from tokenlm.pretrained import WEIGHTS_DIR
+
+    cfg = load_config(TrainConfig, "codec/small")
+    assert architecture_diff(read_model_config(WEIGHTS_DIR / "codec-16k")["config"], to_dict(cfg.model)) == []
