@@ -314,8 +314,9 @@ def test_new_quantizer_settings_still_continue_the_committed_model():
 
 
 def test_shipped_small_config_continues_the_bundled_codec():
-    from tokenlm.checkpoint import read_model_config
     from tokenlm.codecs.train import architecture_diff
+
+    from tokenlm.checkpoint import read_model_config
     from tokenlm.config import to_dict
     from tokenlm.pretrained import WEIGHTS_DIR
 
