@@ -39,8 +39,8 @@ def _torch_default_init(module: nn.Module) -> None:
 
     transformers' ``EncodecModel`` initialises for loading checkpoints, and its Conv1d init cannot reach the
     weight-normed convolutions' parameters. Either way a fresh SEANet encoder's latents vary little over
-    time next to their offset (measured on speech: 23x less with this init, 37x less with transformers'), so
-    the first hundred steps run with one or two live codes until the encoder learns to spread them."""
+    time next to their offset (measured on speech: 23x less with this init, 37x less with transformers'), and
+    training from there never left codebook collapse: the trainer follows with ``data_dependent_init``."""
     from torch.nn.utils import parametrizations, parametrize
 
     for m in module.modules():
@@ -53,6 +53,45 @@ def _torch_default_init(module: nn.Module) -> None:
                 parametrizations.weight_norm(m)
         elif isinstance(m, nn.LSTM):
             m.reset_parameters()
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, run, final_std: float | None = None) -> None:
+    """Weight normalisation's data-dependent initialisation (Salimans & Kingma, 2016, sec. 3): one forward
+    pass ``run()`` in which every weight-normed convolution of ``module``, in the order it runs, rescales its
+    gain ``g`` and bias so that its output channels have zero mean and unit variance over the batch (the last
+    one to ``final_std`` instead, when given). The architecture is unchanged; only the starting point moves.
+
+    Why the peer needs it: with PyTorch's default init a fresh SEANet encoder's latents vary over time ~15x
+    less than their offset (measured: std over frames 0.0013, mean 0.02), the k-means-fitted codebooks see
+    one blob, and training stayed in codebook collapse (perplexity 1-8) for 1,400 steps."""
+    from torch.nn.utils import parametrize
+
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+    convs = [m for m in convs if parametrize.is_parametrized(m, "weight")]
+    if not convs:
+        return
+
+    def hook(conv, _inputs, out):
+        dims = (0, 2)
+        mean, std = out.mean(dims, keepdim=True), out.std(dims, keepdim=True).clamp_min(1e-8)
+        if isinstance(conv, nn.ConvTranspose1d):
+            # its gain g is per *input* channel (weight [C_in, C_out, k] normed over dims 1-2): one scale for all
+            std = std.mean().expand_as(std)
+        scale = (final_std if conv is convs[-1] and final_std is not None else 1.0) / std
+        g = conv.parametrizations.weight.original0  # [C_out, 1, 1], or [C_in, 1, 1] for ConvTranspose1d
+        ch = scale.reshape(-1)
+        g.mul_(ch[0] if isinstance(conv, nn.ConvTranspose1d) else ch.reshape(g.shape))
+        if conv.bias is not None:
+            conv.bias.sub_(mean.reshape(-1)).mul_(ch)
+        return (out - mean) * scale
+
+    handles = [m.register_forward_hook(hook) for m in convs]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class EncodecPeer(nn.Module):
@@ -93,6 +132,13 @@ class EncodecPeer(nn.Module):
         T = max(1, math.ceil(x.shape[-1] / self.cfg.hop))
         x = nn.functional.pad(x, (0, T * self.cfg.hop - x.shape[-1]))
         return self.encoder(x).transpose(1, 2)
+
+    def data_init(self, wav: torch.Tensor) -> None:
+        """Data-dependent init of a fresh model from a batch ``wav [B, 1, N]``: unit-variance latents, and a
+        decoder whose output starts at the batch's level."""
+        data_dependent_init(self.encoder, lambda: self.latents(wav))
+        z = self.latents(wav).detach()
+        data_dependent_init(self.decoder, lambda: self._decode_latents(z), final_std=float(wav.std()))
 
     def _decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z.transpose(1, 2))  # [B, 1, T*hop]

@@ -199,6 +199,8 @@ class Trainer:
 
     @torch.no_grad()
     def kmeans_init(self, sampler) -> None:
+        if hasattr(self.model, "data_init"):  # the EnCodec peer: weight norm's data-dependent init first
+            self.model.data_init(sampler.batch(10**8 - 1)[:, None])
         zs = []
         for i in progress(range(self.cfg.kmeans_batches), desc="k-means init"):
             x = sampler.batch(10**8 + i)  # batches never used for training

@@ -322,3 +322,22 @@ def test_shipped_small_config_continues_the_bundled_codec():
 
     cfg = load_config(TrainConfig, "codec/small")
     assert architecture_diff(read_model_config(WEIGHTS_DIR / "codec-16k")["config"], to_dict(cfg.model)) == []
+
+
+def test_peer_data_dependent_init_spreads_the_latents():
+    """PyTorch's default init leaves a SEANet encoder's latents nearly constant over time (codebook collapse);
+    weight norm's data-dependent init gives unit-variance latents and output at the input's level."""
+    from tokenlm.codecs.peer import EncodecPeer, EncodecPeerConfig
+
+    torch.manual_seed(0)
+    peer = EncodecPeer(EncodecPeerConfig(num_filters=8))
+    x = torch.randn(4, 1, 3200) * 0.05
+    with torch.no_grad():
+        before = peer.latents(x).std(1).mean().item()
+        peer.data_init(x)
+        z = peer.latents(x)
+        y = peer.decode(peer.encode(x))
+    assert before < 0.05
+    assert 0.8 < z.std(1).mean().item() < 1.2
+    assert abs(peer._decode_latents(z).std().item() / x.std().item() - 1) < 0.05
+    assert y.shape == x.shape
