@@ -7,9 +7,9 @@ with espeak-ng's own phone timings as frame labels (frame centres, 20 ms frames)
 Metrics (Hsu et al., HuBERT, 2021, section V-B), from the joint distribution ``P(phone, unit)`` over
 frames: phone purity ``sum_u max_p P(p, u)``; cluster purity ``sum_p max_u P(p, u)``; PNMI
 ``I(phone; unit) / H(phone)``. The floor is k-means of MFCC + deltas (per-utterance CMVN) with the
-same number of units, fitted on training voices in the same run. Speaker invariance: normalised edit
-distance between de-duplicated unit sequences, the same sentence by two different voices vs two
-different sentences by one voice (lower ratio = more speaker-invariant).
+same number of units, fitted in the same run on training clips drawn like the model's own unit k-means.
+Speaker invariance: normalised edit distance between de-duplicated unit sequences, the same sentence
+by two different voices vs two different sentences by one voice (lower ratio = more speaker-invariant).
 """
 
 from __future__ import annotations
@@ -137,6 +137,27 @@ def training_voices(rows: list[dict]) -> set[str]:
     return {voice_name(r) for r in rows if not is_held_out_voice(r)}
 
 
+def baseline_fit_rows(espeak_rows: list[dict], n: int, seed: int = 1) -> list[dict]:
+    """Training clips for the MFCC k-means, drawn like the model's own unit k-means (``semantic_train.export``:
+    random clips of its training manifests, equal shares of the espeak corpus and, where built, the corpus's
+    synthetic and real speech), so both sets of centroids see the same kind of data. Fitting the baseline on
+    espeak alone, the eval's own domain, raised it from 0.393 to 0.415 PNMI (semantic-16k v2 units: 0.477 -> 0.493
+    when refitted the same two ways)."""
+    from tokenlm.corpus.manifest import manifest_path
+
+    sources = [espeak_rows]
+    for part in ("speech_synthetic", "speech_real"):
+        path = manifest_path(None, part)
+        if path.is_file():
+            sources.append(read_rows(path, split="train"))
+    rng = np.random.default_rng(seed)
+    out = []
+    for rows in sources:
+        rows = [r for r in rows if not is_held_out_voice(r) and r.get("duration", 1.0) >= 0.5]
+        out += [rows[i] for i in rng.permutation(len(rows))[: n // len(sources)]]
+    return out
+
+
 def evaluate(
     model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300, out: Path | None = None
 ) -> dict:
@@ -146,7 +167,7 @@ def evaluate(
     rows = [r for r in read_rows(manifest, split="eval") if r.get("phones")]
     clips = load_clips(rows[:limit] if limit else rows, cfg.sample_rate, desc="eval clips")
     train_rows = read_rows(manifest, split="train")
-    train = load_clips(train_rows[-n_train:], cfg.sample_rate, desc="baseline fit clips")
+    train = load_clips(baseline_fit_rows(train_rows, n_train), cfg.sample_rate, desc="baseline fit clips")
     units = model_units(model, clips)
     ours = score(units, clips, cfg)
     base = score(mfcc_units(cfg, train, clips, cfg.codebook_size), clips, cfg)
@@ -164,6 +185,7 @@ def evaluate(
         "frame_rate": model.frame_rate,
         "unit_layer": cfg.unit_layer,
         "eval_clips": len(clips),
+        "baseline_fit_clips": len(train),
         "eval_frames": int(sum(len(u) for u in units)),
         "eval_voices": eval_voices,
         "eval_voices_seen_in_training": sorted(set(eval_voices) & train_voices),

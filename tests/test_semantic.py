@@ -307,3 +307,26 @@ def test_vtlp_reaches_the_students_input_only(tmp_path):
     a, b = model(wav, mask), model(wav, mask, torch.tensor([1.1, 0.9]))
     assert a.shape == b.shape == (2, 10, 8) and not torch.allclose(a, b)
     assert torch.allclose(model(wav, mask, torch.ones(2)), a, atol=1e-5)
+
+
+def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
+    """The floor's k-means sees training clips like the model's units do: never a held-out voice or a stub."""
+    from tokenlm.codecs.semantic_data import EVAL_ACCENTS, TRAIN_ACCENTS
+    from tokenlm.codecs.semantic_eval import baseline_fit_rows
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path))  # no corpus built: espeak rows only
+    rows = [
+        {"source": "espeak", "accent": TRAIN_ACCENTS[i % len(TRAIN_ACCENTS)], "variant": "f1", "duration": 2.0, "i": i}
+        for i in range(40)
+    ]
+    rows += [
+        {"source": "espeak", "accent": EVAL_ACCENTS[0], "variant": "f1", "duration": 2.0, "i": 100 + i}
+        for i in range(40)
+    ]
+    rows += [
+        {"source": "espeak", "accent": TRAIN_ACCENTS[0], "variant": "f1", "duration": 0.2, "i": 200 + i}
+        for i in range(40)
+    ]
+    picked = baseline_fit_rows(rows, 30)
+    assert len(picked) == 30 and len({r["i"] for r in picked}) == 30
+    assert all(r["i"] < 40 for r in picked)
