@@ -51,7 +51,8 @@ heard ({", ".join(report["eval_voices"])}); frame labels are espeak-ng's own pho
 | unit edit distance, same sentence, 2 voices | {si[SAME]:.3f} | {bsi[SAME]:.3f} |
 | unit edit distance, 2 sentences, same voice | {si[DIFF]:.3f} | {bsi[DIFF]:.3f} |
 
-PNMI is {report["pnmi"] / max(base["pnmi"], 1e-9):.2f}x the MFCC k-means floor.
+PNMI is {report["pnmi"] / max(base["pnmi"], 1e-9):.2f}x the MFCC k-means floor (its k-means fitted on training clips
+drawn like this model's own units: equal shares of the espeak corpus and the corpus's synthetic and real speech).
 
 ## Limits
 Evaluated on synthetic (espeak-ng) English only: there are no phone timings for the real speech here, and
