@@ -122,6 +122,68 @@ def mfcc_units(cfg: SemanticConfig, train: list[Clip], clips: list[Clip], k: int
     return [nearest(feats(c), cents).numpy() for c in clips]
 
 
+def phone_probe(
+    train: list[tuple[torch.Tensor, list[str]]],
+    held_out: list[tuple[torch.Tensor, list[str]]],
+    steps: int = 1500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """A supervised ceiling for the units: an MLP (one hidden layer of 256) trained to predict the phone of each
+    frame from its features ``[T, D]`` on ``train`` clips, scored on ``held_out`` by the PNMI and purity of its
+    predictions (phone names need not match across accents for PNMI) and by frame accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    x_tr = torch.cat([f for f, _ in train]).float()
+    y_names = sum((labels for _, labels in train), [])
+    names = sorted(set(y_names))
+    index = {p: i for i, p in enumerate(names)}
+    y_tr = torch.tensor([index[p] for p in y_names])
+    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-5
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(torch.nn.Linear(x_tr.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, len(names)))
+    opt = torch.optim.Adam(mlp.parameters(), 1e-3)
+    x_tr = (x_tr - mean) / std
+    for _ in range(steps):
+        b = torch.randint(0, len(x_tr), (min(4096, len(x_tr)),), generator=g)
+        loss = torch.nn.functional.cross_entropy(mlp(x_tr[b]), y_tr[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = mlp((torch.cat([f for f, _ in held_out]).float() - mean) / std).argmax(-1).numpy()
+    truth = sum((labels for _, labels in held_out), [])
+    stats = pnmi_stats(pred, truth)
+    accuracy = float(np.mean([names[i] == p for i, p in zip(pred, truth)]))
+    return {"pnmi": stats["pnmi"], "phone_purity": stats["phone_purity"], "accuracy": accuracy}
+
+
+def context_frames(f: torch.Tensor, k: int = 4) -> torch.Tensor:
+    """``[T, D]`` -> ``[T, (2k+1) D]``: each frame with its ``k`` neighbours on both sides (edges repeated)."""
+    padded = torch.cat([f[:1].expand(k, -1), f, f[-1:].expand(k, -1)])
+    return torch.cat([padded[i : i + len(f)] for i in range(2 * k + 1)], dim=-1)
+
+
+@torch.no_grad()
+def probes(model, train: list[Clip], clips: list[Clip]) -> dict:
+    """``phone_probe`` on the model's unit layer and, as its floor, on MFCC + deltas with +-4 frames of context."""
+    from .semantic import LogMel, mfcc_features
+
+    cfg = model.cfg
+    logmel = LogMel(cfg)
+    kinds = {
+        "model": lambda w: model.features(w, cfg.unit_layer)[0],
+        "mfcc_context": lambda w: context_frames(mfcc_features(logmel(w))[0]),
+    }
+    out = {"train_clips": len(train)}
+    for name, fn in kinds.items():
+        sets = []
+        for group in (train, clips):
+            feats = [fn(torch.from_numpy(c.samples)[None]) for c in group]
+            sets.append([(f, clip_labels(c, len(f), cfg)) for f, c in zip(feats, group)])
+        with torch.enable_grad():
+            out[name] = phone_probe(*sets)
+    return out
+
+
 def score(units: list[np.ndarray], clips: list[Clip], cfg: SemanticConfig) -> dict:
     labels = sum((clip_labels(c, len(u), cfg) for c, u in zip(clips, units)), [])
     return {**pnmi_stats(np.concatenate(units), labels), "speaker_invariance": speaker_invariance(units, clips)}
@@ -159,7 +221,12 @@ def baseline_fit_rows(espeak_rows: list[dict], n: int, seed: int = 1) -> list[di
 
 
 def evaluate(
-    model, manifest: Path | None = None, limit: int | None = None, n_train: int = 300, out: Path | None = None
+    model,
+    manifest: Path | None = None,
+    limit: int | None = None,
+    n_train: int = 300,
+    out: Path | None = None,
+    probe: bool = False,
 ) -> dict:
     """Score ``model`` (a SemanticTokenizer) and the MFCC k-means floor on the eval split."""
     manifest = manifest or dev_corpus()
@@ -192,6 +259,11 @@ def evaluate(
         "model": str(getattr(model, "pretrained_name", "")),
         "model_meta": getattr(model, "pretrained_meta", {}),
     }
+    if probe:
+        labelled = [r for r in train_rows if r.get("phones") and not is_held_out_voice(r)]
+        picked = np.random.default_rng(2).permutation(len(labelled))[: 2 * n_train]
+        probe_clips = load_clips([labelled[i] for i in picked], cfg.sample_rate, desc="probe clips")
+        report["probe"] = probes(model, probe_clips, clips)
     if out is not None:
         write_report(report, out, model, clips[0])
     return report
@@ -217,6 +289,20 @@ def write_report(report: dict, out: Path, model, clip: Clip) -> None:
         "|---|---|---|",
     ]
     md += [f"| {name} | {a:.3f} | {b:.3f} |" for name, a, b in rows]
+    if "probe" in report:
+        pr = report["probe"]
+        md += [
+            "",
+            f"Supervised phone probe (MLP trained on {pr['train_clips']} training-voice clips, scored on the held-out "
+            "ones; floor: MFCC + deltas with +-4 frames):",
+            "",
+            "| probe on | PNMI | phone purity | frame accuracy |",
+            "|---|---|---|---|",
+        ]
+        md += [
+            f"| {k} | {pr[k]['pnmi']:.3f} | {pr[k]['phone_purity']:.3f} | {pr[k]['accuracy']:.3f} |"
+            for k in ("model", "mfcc_context")
+        ]
     atomic_write_text(out / "semantic_eval.md", "\n".join(md) + "\n")
     plot_units(model, clip, out / "units.png")
 
@@ -259,7 +345,13 @@ def cli(args) -> int:
 
     model = load(args.model)
     manifest = Path(args.manifest) if getattr(args, "manifest", None) else None
-    report = evaluate(model, manifest=manifest, limit=args.limit, out=Path(args.out) if args.out else None)
+    report = evaluate(
+        model,
+        manifest=manifest,
+        limit=args.limit,
+        out=Path(args.out) if args.out else None,
+        probe=getattr(args, "probe", False),
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -269,4 +361,10 @@ def cli(args) -> int:
             f"{report['phone_purity']:.3f}, cluster purity {report['cluster_purity']:.3f}, unit distance "
             f"same-sentence {si[SAME]:.3f} vs different-sentence {si[DIFF]:.3f}"
         )
+        if "probe" in report:
+            pr = report["probe"]
+            print(
+                f"phone probe: PNMI {pr['model']['pnmi']:.3f} on the model's features, "
+                f"{pr['mfcc_context']['pnmi']:.3f} on MFCC with context"
+            )
     return 0

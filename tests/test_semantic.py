@@ -197,6 +197,7 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
                 "--manifest",
                 str(corpus),
                 "--json",
+                "--probe",
                 "--out",
                 str(tmp_path / "report"),
             ]
@@ -208,6 +209,8 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
         assert key in report
     assert 0.0 <= report["pnmi"] <= 1.0 and report["eval_clips"] == 4
     assert report["eval_voices_seen_in_training"] == []
+    assert 0.0 <= report["probe"]["model"]["pnmi"] <= 1.0 and 0.0 <= report["probe"]["mfcc_context"]["accuracy"] <= 1.0
+    assert "Supervised phone probe" in (tmp_path / "report" / "semantic_eval.md").read_text()
     assert (tmp_path / "report" / "units.png").stat().st_size > 1000
     assert main(["eval", "semantic", "--model", str(tmp_path / "nothing")]) == 2
 
@@ -330,3 +333,25 @@ def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
     picked = baseline_fit_rows(rows, 30)
     assert len(picked) == 30 and len({r["i"] for r in picked}) == 30
     assert all(r["i"] < 40 for r in picked)
+
+
+def test_phone_probe_reads_phones_from_informative_features_only():
+    from tokenlm.codecs.semantic_eval import context_frames, phone_probe
+
+    rng = np.random.default_rng(0)
+    phones = ["a", "b", "c", "d"]
+
+    def clip(informative: bool):
+        labels = [phones[i] for i in rng.integers(0, 4, 200)]
+        f = torch.randn(200, 8) * 0.3
+        if informative:
+            f[:, :4] += torch.nn.functional.one_hot(torch.tensor([phones.index(p) for p in labels]), 4).float()
+        return f, labels
+
+    good = phone_probe([clip(True) for _ in range(5)], [clip(True) for _ in range(3)], steps=200)
+    noise = phone_probe([clip(False) for _ in range(5)], [clip(False) for _ in range(3)], steps=200)
+    assert good["pnmi"] > 0.8 and good["accuracy"] > 0.9
+    assert noise["pnmi"] < 0.1 and noise["accuracy"] < 0.4
+    f = torch.arange(5.0)[:, None]
+    ctx = context_frames(f, k=1)
+    assert ctx.shape == (5, 3) and ctx[0].tolist() == [0, 0, 1] and ctx[4].tolist() == [3, 4, 4]

@@ -174,6 +174,12 @@ def _semantic_eval_args(p):
         default=None,
         help="manifest with an eval split and phone files (default: the built-in espeak corpus)",
     )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also train a small phone classifier on the features of training voices and score it on the "
+        "held-out ones (how much phone information the features hold, before any clustering; ~2 min)",
+    )
 
 
 def _bench_args(p):
