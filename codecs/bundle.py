@@ -30,7 +30,8 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         f"# {name}: tokenlm's 16 kHz neural audio codec",
         "",
         f"Causal STFT-frame ConvNeXt encoder ({cfg['encoder_layers']} blocks, width {cfg['dim']}) -> residual VQ "
-        f"({cfg['n_q']} codebooks of {cfg['codebook_size']}, EMA, k-means init, dead-code restart, quantizer dropout) "
+        f"({cfg['n_q']} codebooks of {cfg['codebook_size']}, EMA, k-means init, dead-code restart below "
+        f"{cfg.get('dead_threshold', 1.0):g} uses per step, quantizer dropout) "
         f"-> ConvNeXt decoder ({cfg['decoder_layers']} blocks) with an iSTFT head. {cfg['sample_rate']} Hz mono, "
         f"{cfg['sample_rate'] // cfg['hop']} frames/s; the first 3 / 6 / 12 codebooks give 1.5 / 3 / 6 kbps. Weights "
         "stored in fp16 (computed in fp32).",
@@ -52,6 +53,7 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
             f"- continued from the committed model of step {train['warm_start_step']:,} (its optimiser state was "
             "not kept: fresh AdamW moments and a new warm-up; step count, hours and schedule carried on)."
         )
+    lines += [f"- {h}" for h in (train or {}).get("history", [])]
     optim = (train or {}).get("optim", {})
     if optim.get("decay_start_step", 10**9) < (meta.get("steps") or 0):
         end = optim["decay_start_step"] + optim.get("decay_steps", 0)
@@ -109,7 +111,15 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
     return "\n".join(lines)
 
 
-def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, bench_json: Path | None = None) -> Path:
+def bundle(
+    run: Path,
+    name: str = "codec-16k",
+    eval_json: Path | None = None,
+    bench_json: Path | None = None,
+    history: list[str] | None = None,
+) -> Path:
+    """Copy the run's model to ``tokenlm/weights/<name>`` in fp16 and write its card. ``history``: lines on
+    earlier phases of the run (kept in ``training.json``, so a later refresh of the card keeps them)."""
     src = run / "model" if (run / "model").exists() else run
     dest = WEIGHTS_DIR / name
     if src.resolve() != dest.resolve():
@@ -133,6 +143,9 @@ def bundle(run: Path, name: str = "codec-16k", eval_json: Path | None = None, be
             train["warm_start_step"] = int(state["warm_step"])
     elif (dest / "training.json").exists():
         train = json.loads((dest / "training.json").read_text())
+    if history:
+        train = train or {}
+        train["history"] = list(train.get("history", [])) + list(history)
     if train is not None:
         atomic_write_text(dest / "training.json", json.dumps(train, indent=1) + "\n")
     atomic_write_text(dest / "README.md", model_card(name, doc, ev, be, train))
@@ -146,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="codec-16k")
     p.add_argument("--eval", default=None, help="codec_eval.json from `tokenlm eval codec`")
     p.add_argument("--bench", default=None, help="JSON from `tokenlm bench codec --out`")
+    p.add_argument("--history", action="append", default=[], help="a line on an earlier phase of the run (repeatable)")
     args = p.parse_args(argv)
-    print(bundle(Path(args.run).expanduser(), args.name, args.eval, args.bench))
+    print(bundle(Path(args.run).expanduser(), args.name, args.eval, args.bench, args.history))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -300,6 +301,11 @@ def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corp
 
     with safe_open(dest / "model.safetensors", "pt") as f:
         assert all(f.get_tensor(k).dtype in (torch.float16, torch.int64, torch.bool) for k in f.keys())
+    # lines on earlier phases go on the card and stay there when the card is refreshed from the bundled folder
+    cb.bundle(tmp_path / "run", "codec-test", history=["phase one: 2 steps"])
+    shutil.rmtree(tmp_path / "run")
+    dest = cb.bundle(dest, "codec-test")
+    assert "- phase one: 2 steps" in (dest / "README.md").read_text()
 
 
 def test_new_quantizer_settings_still_continue_the_committed_model():
