@@ -465,7 +465,7 @@ def cli(args) -> int:
         from tokenlm.pretrained import WEIGHTS_DIR, registry
 
         # no run yet: continue from the last committed model when it has the same architecture
-        if "codec-16k" in registry():
+        if cls is TrainConfig and "codec-16k" in registry():
             differ = architecture_diff(read_model_config(WEIGHTS_DIR / "codec-16k")["config"], to_dict(cfg.model))
             if not differ:
                 trainer.warm_start("codec-16k", continue_run=True)
