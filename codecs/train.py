@@ -458,6 +458,8 @@ def cli(args) -> int:
     trainer = Trainer(cfg, run_dir, seed=args.seed)
     if trainer.state_path.exists() and not args.fresh:
         trainer.resume()
+    elif args.init == "none":
+        log.info("training from scratch (--init none)")
     elif args.init:
         trainer.warm_start(args.init)
     else:

@@ -347,3 +347,46 @@ def test_peer_data_dependent_init_spreads_the_latents():
     assert 0.8 < z.std(1).mean().item() < 1.2
     assert abs(peer._decode_latents(z).std().item() / x.std().item() - 1) < 0.05
     assert y.shape == x.shape
+
+
+def test_cli_continues_the_committed_codec_unless_told_to_start_from_scratch(tmp_path, corpus, monkeypatch):
+    import types
+
+    import tokenlm.codecs.bundle as cb
+    import yaml
+    from tokenlm.codecs import train as codec_train
+
+    import tokenlm.pretrained as pretrained
+    from tokenlm.config import to_dict
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for mod, attr, value in (
+        (cb, "WEIGHTS_DIR", weights),
+        (pretrained, "WEIGHTS_DIR", weights),
+        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
+    ):
+        monkeypatch.setattr(mod, attr, value)
+    cfg = tiny_cfg(corpus)
+    Trainer(cfg, tmp_path / "run", seed=0).fit(max_minutes=None, max_steps=3)
+    cb.bundle(tmp_path / "run", "codec-16k")  # the "committed" model: 3 steps of this very run
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+
+    def run(out: str, init: str | None) -> int:
+        args = types.SimpleNamespace(
+            config=str(config),
+            manifest=None,
+            out=str(tmp_path / out),
+            seed=0,
+            fresh=False,
+            init=init,
+            max_minutes=None,
+            max_steps=1,
+        )
+        assert codec_train.cli(args) == 0
+        return int(load_state(tmp_path / out / "state.safetensors")["step"])
+
+    assert run("continued", None) == 4  # step 3 of the committed model, plus one
+    assert run("scratch", "none") == 1

@@ -142,7 +142,11 @@ def _train_args(default_config: str):
         p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
         p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
         p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-        p.add_argument("--init", default=None, help="warm-start weights from this model (name or folder)")
+        p.add_argument(
+            "--init",
+            default=None,
+            help="warm-start weights from this model (name or folder); codec: 'none' trains from scratch",
+        )
         p.add_argument("--manifest", default=None, help="training manifest (default: from the config)")
 
     return add
