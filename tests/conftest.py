@@ -22,3 +22,19 @@ def tone():
     left = 0.4 * np.sin(2 * np.pi * 440 * t)
     right = 0.3 * np.sin(2 * np.pi * 660 * t)
     return np.stack([left, right]).astype(np.float32), sr
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    """An empty stand-in for ``tokenlm/weights`` (and its registry) that bundling writes to and loading reads."""
+    import tokenlm.codecs.bundle as codec_bundle
+    import tokenlm.codecs.semantic_bundle as semantic_bundle
+
+    import tokenlm.pretrained as pretrained
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for mod in (codec_bundle, semantic_bundle, pretrained):
+        monkeypatch.setattr(mod, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(pretrained, "REGISTRY_FILE", weights / "registry.json")
+    return weights

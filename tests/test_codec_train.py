@@ -266,7 +266,7 @@ def test_warm_start_continues_the_same_run_from_its_saved_model(tmp_path, corpus
     assert c.step == 0
 
 
-def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch):
+def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch, weights_dir):
     import json
 
     import tokenlm.codecs.bundle as cb
@@ -274,14 +274,6 @@ def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corp
     import tokenlm.pretrained as pretrained
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    for mod, attr, value in (
-        (cb, "WEIGHTS_DIR", weights),
-        (pretrained, "WEIGHTS_DIR", weights),
-        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
-    ):
-        monkeypatch.setattr(mod, attr, value)
     t = Trainer(dataclasses.replace(tiny_cfg(corpus), eval_clips=1), tmp_path / "run", seed=0)
     t.fit(max_minutes=None, max_steps=2)
     ev = tmp_path / "eval"
@@ -349,25 +341,18 @@ def test_peer_data_dependent_init_spreads_the_latents():
     assert y.shape == x.shape
 
 
-def test_cli_continues_the_committed_codec_unless_told_to_start_from_scratch(tmp_path, corpus, monkeypatch):
+def test_cli_continues_the_committed_codec_unless_told_to_start_from_scratch(
+    tmp_path, corpus, monkeypatch, weights_dir
+):
     import types
 
     import tokenlm.codecs.bundle as cb
     import yaml
     from tokenlm.codecs import train as codec_train
 
-    import tokenlm.pretrained as pretrained
     from tokenlm.config import to_dict
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    for mod, attr, value in (
-        (cb, "WEIGHTS_DIR", weights),
-        (pretrained, "WEIGHTS_DIR", weights),
-        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
-    ):
-        monkeypatch.setattr(mod, attr, value)
     cfg = tiny_cfg(corpus)
     Trainer(cfg, tmp_path / "run", seed=0).fit(max_minutes=None, max_steps=3)
     cb.bundle(tmp_path / "run", "codec-16k")  # the "committed" model: 3 steps of this very run

@@ -215,21 +215,13 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
     assert main(["eval", "semantic", "--model", str(tmp_path / "nothing")]) == 2
 
 
-def test_bundle_fp16_with_card(tmp_path, monkeypatch):
+def test_bundle_fp16_with_card(tmp_path, monkeypatch, weights_dir):
     import tokenlm.codecs.semantic_bundle as sb
 
     import tokenlm.pretrained as pretrained
     from tokenlm.checkpoint import save_model
     from tokenlm.config import to_dict
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    for mod, attr, value in (
-        (sb, "WEIGHTS_DIR", weights),
-        (pretrained, "WEIGHTS_DIR", weights),
-        (pretrained, "REGISTRY_FILE", weights / "registry.json"),
-    ):
-        monkeypatch.setattr(mod, attr, value)
     tok = SemanticTokenizer(TINY)
     src = save_model(tmp_path / "src", "semantic", to_dict(TINY), tok.state_dict(), meta={"step": 3, "iteration": 1})
     si = {"same_sentence_cross_voice": 0.5, "diff_sentence_same_voice": 0.8, "ratio": 0.625}
