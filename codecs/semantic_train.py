@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 from tokenlm.checkpoint import load_state, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
 from tokenlm.errors import TokenlmError
-from tokenlm.utils import cache_dir
+from tokenlm.utils import StopRequest, cache_dir
 
 from .semantic import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
 from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
@@ -378,17 +378,18 @@ def train(
     gen = torch.Generator()
     start_step, last_save, avg = run.step, time.time(), {}
     run.model.train()
-    while run.step < cfg.steps and (max_steps is None or run.step - start_step < max_steps):
-        if max_minutes is not None and time.time() - t0 > max_minutes * 60:
-            break
-        gen.manual_seed(run.step)  # masks depend on the step only, so a resumed run repeats them
-        m = train_step(run, batcher.next(), gen)
-        avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in m.items()}
-        if run.step % cfg.log_every == 0:
-            _log_line(out, run.step, avg, time.time() - t0)
-        if time.time() - last_save > cfg.checkpoint_minutes * 60:
-            save_run(run, out, batcher)
-            last_save = time.time()
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, export
+        while run.step < cfg.steps and (max_steps is None or run.step - start_step < max_steps):
+            if stop.requested or (max_minutes is not None and time.time() - t0 > max_minutes * 60):
+                break
+            gen.manual_seed(run.step)  # masks depend on the step only, so a resumed run repeats them
+            m = train_step(run, batcher.next(), gen)
+            avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in m.items()}
+            if run.step % cfg.log_every == 0:
+                _log_line(out, run.step, avg, time.time() - t0)
+            if time.time() - last_save > cfg.checkpoint_minutes * 60:
+                save_run(run, out, batcher)
+                last_save = time.time()
     save_run(run, out, batcher)
     if not run.acc.is_main_process:
         return out / "model"

@@ -22,7 +22,7 @@ import torch
 
 from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
-from tokenlm.utils import cache_dir, log, progress
+from tokenlm.utils import StopRequest, cache_dir, log, progress
 
 from .codec import Codec, CodecConfig
 from .dataset import DataConfig, build_sampler
@@ -290,25 +290,29 @@ class Trainer:
         last = self.train_seconds
         bar = progress(total=max_steps, desc="train codec", initial=0, unit="step")
         self.model.train()
-        while True:
-            t0 = time.time()
-            stats = self.train_step(sampler.batch(self.step).to(self.acc.device))
-            self.step += 1
-            self.train_seconds = last + (time.time() - t_start)
-            bar.update(1)
-            if self.step % self.cfg.log_every == 0:
-                stats.update(step=self.step, seconds_per_step=round(time.time() - t0, 3))
-                self._log(stats)
-            done = (max_steps is not None and self.step >= max_steps) or (
-                max_minutes is not None and time.time() - t_start >= 60 * max_minutes
-            )
-            if done or time.time() - t_ckpt >= 60 * self.cfg.checkpoint_minutes:
-                self.save()
-                evaluator(self.acc.unwrap_model(self.model), self.step, self.train_seconds)
-                self.model.train()
-                t_ckpt = time.time()
-            if done:
-                break
+        with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, return
+            while True:
+                t0 = time.time()
+                stats = self.train_step(sampler.batch(self.step).to(self.acc.device))
+                self.step += 1
+                self.train_seconds = last + (time.time() - t_start)
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0:
+                    stats.update(step=self.step, seconds_per_step=round(time.time() - t0, 3))
+                    self._log(stats)
+                done = (max_steps is not None and self.step >= max_steps) or (
+                    max_minutes is not None and time.time() - t_start >= 60 * max_minutes
+                )
+                if stop.requested:
+                    self.save()
+                    break
+                if done or time.time() - t_ckpt >= 60 * self.cfg.checkpoint_minutes:
+                    self.save()
+                    evaluator(self.acc.unwrap_model(self.model), self.step, self.train_seconds)
+                    self.model.train()
+                    t_ckpt = time.time()
+                if done:
+                    break
         bar.close()
 
     def _log(self, stats: dict) -> None:

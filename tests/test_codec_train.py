@@ -375,3 +375,22 @@ def test_cli_continues_the_committed_codec_unless_told_to_start_from_scratch(
 
     assert run("continued", None) == 4  # step 3 of the committed model, plus one
     assert run("scratch", "none") == 1
+
+
+def test_sigterm_stops_training_after_the_step_with_a_checkpoint(tmp_path, corpus, monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    t = Trainer(tiny_cfg(corpus), tmp_path / "run", seed=0)
+    step = t.train_step
+
+    def step_then_signal(x):
+        stats = step(x)
+        if t.step == 1:  # the trainer counts this step after train_step returns: it becomes step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    monkeypatch.setattr(t, "train_step", step_then_signal)
+    t.fit(max_minutes=None, max_steps=50)
+    assert t.step == 2 and int(load_state(tmp_path / "run" / "state.safetensors")["step"]) == 2

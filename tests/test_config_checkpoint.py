@@ -86,3 +86,19 @@ def test_pretrained_errors():
 
     with pytest.raises(TokenlmError, match="no bundled model or folder"):
         pretrained.load("no-such-model")
+
+
+def test_stop_request_defers_the_first_signal_and_aborts_on_the_second():
+    import os
+    import signal
+
+    from tokenlm.utils import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested  # the first signal only asks to stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -31,7 +31,7 @@ from .config import load_config, to_dict
 from .errors import TokenlmError
 from .model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
 from .prompt import Prompt, collate
-from .utils import atomic_write_text, cache_dir, log
+from .utils import StopRequest, atomic_write_text, cache_dir, log
 from .vocab import Vocab
 
 
@@ -334,29 +334,30 @@ def train(
     stop = min(max_steps or cfg.max_steps, cfg.max_steps)
     t0 = last_ckpt = time.monotonic()
     tokens = cfg.data.batch_size * cfg.data.seq_len * cfg.grad_accum * run.acc.num_processes
-    try:
-        while run.step < stop:
-            ts = time.monotonic()
-            rec = train_step(run)
-            rec["tokens_per_s"] = tokens / (time.monotonic() - ts)
-            if cfg.eval_every and run.step % cfg.eval_every == 0:
-                rec["eval/loss"] = evaluate(run)
-            run.history.append(rec)
-            if run.step % cfg.log_every == 0 and run.acc.is_main_process:
-                log.info(
-                    "step %d loss %.4f lr %.2e %.0f tok/s",
-                    run.step,
-                    rec["lm/loss"],
-                    rec["lr"],
-                    rec["tokens_per_s"],
-                )
-            if time.monotonic() - last_ckpt > cfg.ckpt_minutes * 60:
-                save_checkpoint(run)
-                last_ckpt = time.monotonic()
-            if max_minutes and time.monotonic() - t0 > max_minutes * 60:
-                break
-    finally:
-        save_checkpoint(run)
+    with StopRequest() as signals:  # Ctrl-C / SIGTERM: finish the step, checkpoint, return
+        try:
+            while run.step < stop and not signals.requested:
+                ts = time.monotonic()
+                rec = train_step(run)
+                rec["tokens_per_s"] = tokens / (time.monotonic() - ts)
+                if cfg.eval_every and run.step % cfg.eval_every == 0:
+                    rec["eval/loss"] = evaluate(run)
+                run.history.append(rec)
+                if run.step % cfg.log_every == 0 and run.acc.is_main_process:
+                    log.info(
+                        "step %d loss %.4f lr %.2e %.0f tok/s",
+                        run.step,
+                        rec["lm/loss"],
+                        rec["lr"],
+                        rec["tokens_per_s"],
+                    )
+                if time.monotonic() - last_ckpt > cfg.ckpt_minutes * 60:
+                    save_checkpoint(run)
+                    last_ckpt = time.monotonic()
+                if max_minutes and time.monotonic() - t0 > max_minutes * 60:
+                    break
+        finally:
+            save_checkpoint(run)
     return run
 
 

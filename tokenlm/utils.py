@@ -93,3 +93,42 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` — a first Ctrl-C (SIGINT) or SIGTERM only sets ``stop.requested``, so a
+    training loop can finish its step, checkpoint and return; a second one interrupts at once. Outside the main
+    thread (where Python cannot install signal handlers) it does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.getLogger("tokenlm").warning(
+            "%s: stopping after this step with a checkpoint (again to abort)", signal.Signals(signum).name
+        )
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
