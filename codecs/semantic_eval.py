@@ -138,8 +138,10 @@ def phone_probe(
     index = {p: i for i, p in enumerate(names)}
     y_tr = torch.tensor([index[p] for p in y_names])
     mean, std = x_tr.mean(0), x_tr.std(0) + 1e-5
-    torch.manual_seed(seed)
-    mlp = torch.nn.Sequential(torch.nn.Linear(x_tr.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, len(names)))
+    with torch.random.fork_rng():  # a seeded init that leaves the caller's random state alone
+        torch.manual_seed(seed)
+        hidden = torch.nn.Linear(x_tr.shape[1], 256)
+        mlp = torch.nn.Sequential(hidden, torch.nn.GELU(), torch.nn.Linear(256, len(names)))
     opt = torch.optim.Adam(mlp.parameters(), 1e-3)
     x_tr = (x_tr - mean) / std
     for _ in range(steps):
