@@ -41,6 +41,10 @@ class SemanticConfig:
     n_targets: int = 100  # classes of the masked-prediction head (k-means of the training targets)
     codebook_size: int = 100  # semantic units of the tokenizer
     unit_layer: int = 4  # 1-based Transformer layer whose output is clustered into units
+    # "cmvn": per-utterance mean/variance normalisation over time of the layer's output before the k-means (removes
+    # what stays constant over a clip, much of it the voice; +0.01 PNMI and same-sentence distance 0.53 -> 0.50 on
+    # semantic-16k v2's layers 4-5), "none": the raw output
+    unit_norm: str = "none"
 
 
 # --------------------------------------------------------------------------- features
@@ -265,6 +269,8 @@ class SemanticTokenizer(nn.Module):
         super().__init__()
         if not 1 <= cfg.unit_layer <= cfg.n_layers:
             raise TokenlmError(f"unit_layer {cfg.unit_layer} outside 1..{cfg.n_layers}")
+        if cfg.unit_norm not in ("none", "cmvn"):
+            raise TokenlmError(f"unit_norm must be 'none' or 'cmvn', got {cfg.unit_norm!r}")
         self.cfg = cfg
         self.encoder = SemanticEncoder(cfg)
         self.head = nn.Linear(cfg.dim, cfg.n_targets)
@@ -276,9 +282,13 @@ class SemanticTokenizer(nn.Module):
     n_q = 1
 
     def features(self, wav: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """Mono ``wav`` [B, N] -> layer ``layer`` (default ``unit_layer``) output ``[B, T, dim]``."""
+        """Mono ``wav`` [B, N] -> layer ``layer`` (default ``unit_layer``) output ``[B, T, dim]``, normalised as
+        ``unit_norm`` says: the space the unit k-means lives in."""
         layer = layer or self.cfg.unit_layer
-        return self.encoder(self.encoder.frames(wav), upto=layer).layers[layer - 1]
+        h = self.encoder(self.encoder.frames(wav), upto=layer).layers[layer - 1]
+        if self.cfg.unit_norm == "cmvn":
+            h = rearrange(cmvn(rearrange(h, "b t d -> b d t")), "b d t -> b t d")
+        return h
 
     def forward(self, wav: torch.Tensor, mask: torch.Tensor, warp: torch.Tensor | None = None) -> torch.Tensor:
         """Masked prediction (training): mono ``wav`` [B, N] with frames ``mask`` [B, T] hidden -> target logits

@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 from tokenlm.checkpoint import load_state, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
 from tokenlm.errors import TokenlmError
-from tokenlm.utils import StopRequest, cache_dir
+from tokenlm.utils import StopRequest, cache_dir, resolve_precision
 
 from .semantic import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
 from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
@@ -74,7 +74,9 @@ class SemanticTrainConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 50
     threads: int = 1
-    precision: str = "bf16"  # autocast of the student's forward: "bf16" (1.8x faster here, AVX-512 BF16) or "fp32"
+    # autocast of the student's forward: "bf16" (1.8x faster than fp32 on an AVX-512 BF16 CPU), "fp32", or "auto":
+    # bf16 only where it is native (on an AVX2 CPU emulated bf16 is ~10x slower than fp32)
+    precision: str = "auto"
 
 
 # --------------------------------------------------------------------------- data
@@ -222,6 +224,8 @@ def make_targets(cfg: SemanticTrainConfig, clips: list[Clip], teacher: SemanticT
     else:
         if teacher is None:
             raise TokenlmError("iteration 2 needs --init: the iteration-1 model whose layer gives the targets")
+        if teacher.cfg.unit_norm != cfg.model.unit_norm:  # targets live in the space the student's units will
+            teacher.cfg = replace(teacher.cfg, unit_norm=cfg.model.unit_norm)
         t = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, torch.zeros(0))
     feats = frame_features(t.features, clips, cfg.kmeans_clips)
     log.info("fitting %d target clusters on %d frames (iteration %d)", k, len(feats), cfg.iteration)
@@ -263,9 +267,11 @@ def lr_at(cfg: SemanticTrainConfig, step: int) -> float:
 
 def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
     cfg, model = run.cfg, run.model
-    if cfg.precision not in ("bf16", "fp32"):
-        raise TokenlmError(f"precision must be bf16 or fp32, not {cfg.precision!r}")
     device = next(model.parameters()).device
+    try:
+        precision = resolve_precision(cfg.precision, device.type)
+    except ValueError as e:
+        raise TokenlmError(str(e)) from None
     clean, noisy, valid = (x.to(device) for x in batch)
     targets = run.targets(clean)  # [B, T]
     B, T = targets.shape
@@ -273,7 +279,7 @@ def train_step(run: Run, batch, gen: torch.Generator) -> dict[str, float]:
     mask = span_mask(B, T, cfg.mask_prob, cfg.mask_span, gen).to(device) & frame_valid
     lo, hi = cfg.vtlp_range
     warp = lo + (hi - lo) * torch.rand(B, generator=gen).to(device) if hi > lo else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = model(noisy, mask, warp)  # [B, T, n_targets]
     logits = logits.float()
     loss = F.cross_entropy(logits[mask], targets[mask])

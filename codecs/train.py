@@ -22,7 +22,7 @@ import torch
 
 from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
-from tokenlm.utils import StopRequest, cache_dir, log, progress
+from tokenlm.utils import StopRequest, cache_dir, log, progress, resolve_precision
 
 from .codec import Codec, CodecConfig
 from .dataset import DataConfig, build_sampler
@@ -77,7 +77,9 @@ class TrainConfig:
     mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
     stft_channels: int = 8
     n_q_choices: tuple[int, ...] = (3, 6, 12)  # quantizer dropout: one of these per batch
-    precision: str = "bf16"  # autocast dtype of the forward passes: "bf16" (fast on AVX-512 BF16 / GPUs) or "fp32"
+    # autocast dtype of the forward passes: "bf16", "fp32" or "auto" (bf16 only where it is native: AVX-512 BF16 / AMX
+    # CPUs, GPUs; on an AVX2 CPU emulated bf16 made a step ~20x slower than fp32)
+    precision: str = "auto"
     kmeans_batches: int = 24
     checkpoint_minutes: float = 5.0
     log_every: int = 25
@@ -210,9 +212,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
-        if self.cfg.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be bf16 or fp32, not {self.cfg.precision!r}")
-        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        dtype = resolve_precision(self.cfg.precision, self.acc.device.type)
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     def n_q_for_step(self) -> int:
         rng = np.random.default_rng([self.seed, self.step, 7])

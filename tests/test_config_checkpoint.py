@@ -102,3 +102,14 @@ def test_stop_request_defers_the_first_signal_and_aborts_on_the_second():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
+    from tokenlm import utils
+
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(utils, "cpu_has_fast_bf16", lambda native=native: native)
+        assert utils.resolve_precision("auto", "cpu") == want
+        assert utils.resolve_precision("bf16", "cpu") == "bf16" and utils.resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        utils.resolve_precision("fp16", "cpu")

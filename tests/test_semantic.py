@@ -347,3 +347,26 @@ def test_phone_probe_reads_phones_from_informative_features_only():
     f = torch.arange(5.0)[:, None]
     ctx = context_frames(f, k=1)
     assert ctx.shape == (5, 3) and ctx[0].tolist() == [0, 0, 1] and ctx[4].tolist() == [3, 4, 4]
+
+
+def test_unit_norm_cmvn_normalises_units_and_targets(corpus, tmp_path):
+    from dataclasses import replace
+
+    tok = SemanticTokenizer(replace(TINY, unit_norm="cmvn")).eval()
+    raw = SemanticTokenizer(TINY).eval()
+    raw.load_state_dict(tok.state_dict())
+    wav = torch.randn(2, 8000) * 0.1
+    with torch.no_grad():
+        h, r = tok.features(wav), raw.features(wav)
+    assert h.mean(1).abs().max() < 1e-4 and (h.std(1, correction=0) - 1).abs().max() < 1e-3  # per clip, over time
+    assert r.mean(1).abs().max() > 1e-2  # the raw layer is not normalised, so the check above can fail
+    with pytest.raises(TokenlmError, match="unit_norm"):
+        SemanticTokenizer(replace(TINY, unit_norm="l2"))
+    # a teacher without normalisation gives targets in the normalised space when the student's config asks for it
+    cfg1 = load_config(SemanticTrainConfig, "semantic/tiny")
+    teacher = train(cfg1, tmp_path / "it1", max_steps=1, fresh=True, manifest=str(corpus))
+    cfg2 = load_config(SemanticTrainConfig, "semantic/tiny", iteration=2, model={"n_targets": 6, "unit_norm": "cmvn"})
+    folder = train(cfg2, tmp_path / "it2", max_steps=1, fresh=True, init=str(teacher), manifest=str(corpus))
+    st = load_state(tmp_path / "it2" / "state.safetensors")
+    assert "'unit_norm': 'cmvn'" in st["teacher_config"]
+    assert load(folder).cfg.unit_norm == "cmvn"

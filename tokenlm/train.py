@@ -31,7 +31,7 @@ from .config import load_config, to_dict
 from .errors import TokenlmError
 from .model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
 from .prompt import Prompt, collate
-from .utils import StopRequest, atomic_write_text, cache_dir, log
+from .utils import StopRequest, atomic_write_text, cache_dir, log, resolve_precision
 from .vocab import Vocab
 
 
@@ -62,7 +62,7 @@ class TrainConfig:
     max_steps: int = 10000
     grad_accum: int = 1
     clip: float = 1.0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" | "auto" (bf16 where it is native: AVX-512 BF16 CPUs, GPUs)
     eval_every: int = 200
     eval_batches: int = 4
     log_every: int = 10
@@ -174,7 +174,10 @@ def build_run(cfg: TrainConfig, out: Path, init: str | None = None) -> Run:
 
     # a second run in the same process may ask for another precision (the process group is kept)
     AcceleratorState._reset_state()
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    mixed = cfg.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu") == "bf16" else "no"
+    acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     data = BatchSource(cfg)
     torch.manual_seed(cfg.seed)
     model = TokenLM(config_for_vocab(cfg.model, data.vocab))
