@@ -27,7 +27,10 @@ def in_process(monkeypatch):
 def test_measure_reports_time_and_peak():
     # A fresh process: in this one the buffer can come from memory an earlier test freed but the allocator kept
     # resident, which adds nothing to the RSS (CI once measured 0.0 MB here). Filled with b"x" so every page is touched.
-    code = "import json; from tokenlm.kernels import bench; print(json.dumps(bench.measure(lambda: b'x' * (50 * 2**20), 2)))"
+    code = (
+        "import json; from tokenlm.kernels import bench; "
+        "print(json.dumps(bench.measure(lambda: b'x' * (50 * 2**20), 2)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout.strip().splitlines()[-1])
