@@ -22,15 +22,38 @@ MAX_BYTES = 30 * 2**20
 SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"
 
 
+def probe_table(report: dict) -> str:
+    """The supervised phone probe's table (``tokenlm eval semantic --probe``), or nothing when it was not run."""
+    if "probe" not in report:
+        return ""
+    pr = report["probe"]
+    rows = "\n".join(
+        f"| {label} | {pr[k]['pnmi']:.3f} | {pr[k]['phone_purity']:.3f} | {pr[k]['accuracy']:.3f} |"
+        for k, label in (("model", "this model's unit layer"), ("mfcc_context", "MFCC + deltas, +-4 frames"))
+    )
+    return f"""
+How much phone information the features hold before any clustering (`--probe`: an MLP phone classifier trained
+on {pr["train_clips"]} training-voice clips, scored on the held-out ones):
+
+| probe on | PNMI | phone purity | frame accuracy |
+|---|---|---|---|
+{rows}
+"""
+
+
 def model_card(name: str, doc: dict, report: dict, train_info: str) -> str:
     cfg, meta = doc["config"], doc.get("meta", {})
     si, base = report["speaker_invariance"], report["mfcc_kmeans"]
     bsi = base["speaker_invariance"]
+    norm = (
+        " after per-utterance mean/variance normalisation over time" if cfg.get("unit_norm", "none") == "cmvn" else ""
+    )
     return f"""# {name}: semantic units (HuBERT-style, trained on 2 CPU cores)
 
 One stream of discrete speech units, `codes [B, 1, T]` at {report["frame_rate"]:g} Hz (one unit per codec
-frame), {cfg["codebook_size"]} units: k-means of Transformer layer {cfg["unit_layer"]} of a {cfg["n_layers"]}-layer,
-d={cfg["dim"]} encoder on 80-bin log-mel frames (hop {cfg["hop_length"]} at {cfg["sample_rate"]} Hz).
+frame), {cfg["codebook_size"]} units: k-means of Transformer layer {cfg["unit_layer"]}{norm} of a
+{cfg["n_layers"]}-layer, d={cfg["dim"]} encoder on 80-bin log-mel frames (hop {cfg["hop_length"]} at
+{cfg["sample_rate"]} Hz).
 Not decodable to audio. Load with `tokenlm.pretrained.load("{name}")`.
 
 ## Training
@@ -53,7 +76,7 @@ heard ({", ".join(report["eval_voices"])}); frame labels are espeak-ng's own pho
 
 PNMI is {report["pnmi"] / max(base["pnmi"], 1e-9):.2f}x the MFCC k-means floor (its k-means fitted on training clips
 drawn like this model's own units: equal shares of the espeak corpus and the corpus's synthetic and real speech).
-
+{probe_table(report)}
 ## Limits
 Evaluated on synthetic (espeak-ng) English only: there are no phone timings for the real speech here, and
 espeak-ng voices share one synthesis engine (a speaker-embedding model hears its variants as nearly one

@@ -240,6 +240,16 @@ def test_bundle_fp16_with_card(tmp_path, monkeypatch, weights_dir):
     dest = sb.bundle(src, report, "tiny test run", name="semantic-test")
     card = (dest / "README.md").read_text()
     assert "| PNMI | 0.500 | 0.400 |" in card and "tiny test run" in card
+    assert "probe" not in card and "normalisation" not in card
+    report["probe"] = {
+        "train_clips": 6,
+        "model": {"pnmi": 0.7, "phone_purity": 0.72, "accuracy": 0.71},
+        "mfcc_context": {"pnmi": 0.6, "phone_purity": 0.66, "accuracy": 0.65},
+    }
+    normed = save_model(tmp_path / "normed", "semantic", {**to_dict(TINY), "unit_norm": "cmvn"}, tok.state_dict())
+    card2 = (sb.bundle(normed, report, "normed run", name="semantic-test2") / "README.md").read_text()
+    assert "| this model's unit layer | 0.700 | 0.720 | 0.710 |" in card2 and "on 6 training-voice clips" in card2
+    assert "after per-utterance mean/variance normalisation" in card2
     loaded = pretrained.load("semantic-test")
     assert loaded.pretrained_meta["eval"]["pnmi"] == 0.5
     x = torch.randn(1, 1, 3200) * 0.1
