@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokenlm.utils import atomic_write_text, log
+from tokenlm.utils import atomic_write_text, cpu_description, log
 
 SECONDS = 10.0
 
@@ -67,7 +67,12 @@ def measure(
 def run(model: str = "codec-16k", quick: bool = False) -> dict:
     repeats = 2 if quick else 3
     seconds = 2.0 if quick else SECONDS
-    results = {"audio_seconds": seconds, "repeats": repeats, "note": "x real time (higher is faster), best of repeats"}
+    results = {
+        "audio_seconds": seconds,
+        "repeats": repeats,
+        "note": "x real time (higher is faster), best of repeats",
+        "cpu": cpu_description(),
+    }
     for threads in (1, 2):
         for prec in ("fp32", "bf16"):
             for name, which, n_q in (

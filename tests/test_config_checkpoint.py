@@ -113,3 +113,12 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
         assert utils.resolve_precision("bf16", "cpu") == "bf16" and utils.resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision"):
         utils.resolve_precision("fp16", "cpu")
+
+
+def test_cpu_description_names_the_vector_extension():
+    from tokenlm.utils import cpu_description
+
+    epyc = "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    xeon = "model name\t: Intel Xeon\nflags\t\t: avx avx2 avx512f avx512_bf16 amx_bf16\n"
+    assert cpu_description(epyc) == "AMD EPYC (AVX2, no native bf16)"
+    assert cpu_description(xeon) == "Intel Xeon (AVX-512, native bf16)"
