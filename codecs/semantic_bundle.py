@@ -48,6 +48,7 @@ def model_card(name: str, doc: dict, report: dict, train_info: str) -> str:
     norm = (
         " after per-utterance mean/variance normalisation over time" if cfg.get("unit_norm", "none") == "cmvn" else ""
     )
+    targets = "of MFCC + deltas" if meta.get("iteration") == 1 else "of a teacher model's layer"
     return f"""# {name}: semantic units (HuBERT-style, trained on 2 CPU cores)
 
 One stream of discrete speech units, `codes [B, 1, T]` at {report["frame_rate"]:g} Hz (one unit per codec
@@ -59,7 +60,7 @@ Not decodable to audio. Load with `tokenlm.pretrained.load("{name}")`.
 ## Training
 {train_info}
 
-Masked prediction (HuBERT) of k-means targets, iteration {meta.get("iteration")}, {meta.get("step")} steps.
+Masked prediction (HuBERT) of k-means targets ({targets}), {meta.get("step")} steps in this run.
 Unit layer chosen by PNMI on *training* voices: {meta.get("layer_pnmi_training_voices")}.
 
 ## Measured (`tokenlm eval semantic`, held-out voices)
