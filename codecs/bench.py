@@ -2,6 +2,8 @@
 
 EnCodec runs as transformers' ``EncodecModel`` from its default ``EncodecConfig`` (24 kHz, random weights:
 speed does not depend on them). Both run in fp32 and under bf16 autocast (fast on CPUs with AVX-512 BF16).
+Ours also runs exported to ONNX under onnxruntime, in fp32 and with int8 learned matrices (``export --int8``:
+the fast path on CPUs without native bf16), each with an encoder exported for the rate measured.
 Each measurement runs in a fresh subprocess with the thread count set before torch does any work, and
 reports the best of ``repeats`` runs (the machine may be shared).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tokenlm.utils import atomic_write_text, cpu_description, cpu_has_fast_bf16, log
@@ -30,6 +33,10 @@ if which == "tokenlm":
         m = Codec(CodecConfig()).eval()  # same architecture, random weights: speed is the same
     sr = m.sample_rate
     m.precision = precision  # the codec's own autocast (an outer one would be switched off inside it)
+    enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
+elif which == "onnx":
+    from tokenlm.codecs.export import OnnxCodec
+    m = OnnxCodec(model, threads=int(threads)); sr = m.sample_rate
     enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
 else:
     from transformers import EncodecConfig, EncodecModel
@@ -64,6 +71,27 @@ def measure(
     }
 
 
+def export_variants(model: str, folder: Path) -> dict[str, Path]:
+    """``{"onnx_fp32_3": path, "onnx_int8_3": ..., "onnx_fp32_12": ..., "onnx_int8_12": ...}`` (empty without
+    onnxruntime): ``model`` exported with an encoder for 3 and 12 codebooks, in fp32 and int8."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning("onnxruntime not installed (pip install 'tokenlm[eval]'): ONNX rows left out")
+        return {}
+    from tokenlm import pretrained
+
+    from .export import export
+
+    codec = pretrained.load(model)
+    out = {}
+    for prec in ("fp32", "int8"):
+        for n_q in (3, 12):
+            out[f"onnx_{prec}_{n_q}"] = folder / f"{prec}_{n_q}"
+            export(codec, out[f"onnx_{prec}_{n_q}"], n_q, int8=prec == "int8")
+    return out
+
+
 def run(model: str = "codec-16k", quick: bool = False) -> dict:
     repeats = 2 if quick else 3
     seconds = 2.0 if quick else SECONDS
@@ -76,19 +104,27 @@ def run(model: str = "codec-16k", quick: bool = False) -> dict:
     precisions = ("fp32", "bf16") if cpu_has_fast_bf16() else ("fp32",)
     if len(precisions) == 1:  # emulated bf16 is slower than fp32 by an order of magnitude: nobody would run it
         results["bf16"] = "skipped: this CPU has no native bf16"
-    for threads in (1, 2):
-        for prec in precisions:
-            for name, which, n_q in (
-                ("tokenlm_1.5kbps", "tokenlm", "3"),
-                ("tokenlm_6kbps", "tokenlm", "12"),
-                ("encodec24k_1.5kbps", "encodec", "1.5"),
-            ):
-                results[f"{name}_{prec}_threads{threads}"] = measure(threads, which, model, n_q, repeats, seconds, prec)
-            results[f"speedup_vs_encodec_{prec}_threads{threads}"] = round(
-                results[f"tokenlm_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"]
-                / results[f"encodec24k_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"],
-                1,
-            )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_variants(model, Path(tmp))
+        for threads in (1, 2):
+            for prec in precisions:
+                for name, which, n_q in (
+                    ("tokenlm_1.5kbps", "tokenlm", "3"),
+                    ("tokenlm_6kbps", "tokenlm", "12"),
+                    ("encodec24k_1.5kbps", "encodec", "1.5"),
+                ):
+                    key = f"{name}_{prec}_threads{threads}"
+                    results[key] = measure(threads, which, model, n_q, repeats, seconds, prec)
+                results[f"speedup_vs_encodec_{prec}_threads{threads}"] = round(
+                    results[f"tokenlm_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"]
+                    / results[f"encodec24k_1.5kbps_{prec}_threads{threads}"]["encode_decode_rtf"],
+                    1,
+                )
+            for variant, folder in onnx.items():
+                _, prec, n_q = variant.split("_")
+                kbps = "1.5kbps" if n_q == "3" else "6kbps"
+                key = f"tokenlm_{kbps}_onnx_{prec}_threads{threads}"
+                results[key] = measure(threads, "onnx", str(folder), n_q, repeats, seconds)
     return results
 
 

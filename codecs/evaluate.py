@@ -83,12 +83,17 @@ def codec2_system(mode: str = "3200") -> System:
     return run
 
 
-def systems(codec, peer=None) -> dict[str, tuple[float, System]]:
-    """name -> (kbps, function). Codec2 and Opus only where their binaries exist."""
+def systems(codec, peer=None, int8=None) -> dict[str, tuple[float, System]]:
+    """name -> (kbps, function). Codec2 and Opus only where their binaries exist; ``int8``: the codec exported
+    to ONNX with int8 matrices (an ``OnnxCodec``), as rows ``tokenlm-int8@kbps``."""
     out = {}
     for n_q in (3, 6, 12):
         kbps = n_q * math.log2(codec.codebook_size) * codec.frame_rate / 1000
         out[f"tokenlm@{kbps:g}"] = (kbps, tokenlm_system(codec, n_q))
+    if int8 is not None:
+        for n_q in (3, 6, 12):
+            kbps = n_q * math.log2(int8.codebook_size) * int8.frame_rate / 1000
+            out[f"tokenlm-int8@{kbps:g}"] = (kbps, tokenlm_system(int8, n_q))
     if peer is not None:
         for n_q in (3, 6, 12):
             kbps = n_q * math.log2(peer.codebook_size) * peer.frame_rate / 1000
@@ -174,9 +179,9 @@ def eval_clips(domain: str, limit: int, seconds: float = 6.0) -> list[np.ndarray
     return [load_audio(clips[i].path, SR, loudness_db=-23.0).samples[0, : int(seconds * SR)] for i in pick]
 
 
-def evaluate(codec, peer=None, n_speech: int = 40, n_music: int = 12) -> dict:
+def evaluate(codec, peer=None, n_speech: int = 40, n_music: int = 12, int8=None) -> dict:
     metrics = Metrics()
-    systems_ = systems(codec, peer)
+    systems_ = systems(codec, peer, int8)
     results: dict = {"systems": {k: {"kbps": v[0]} for k, v in systems_.items()}}
     for domain, n in (("speech", n_speech), ("music", n_music)):
         clips = eval_clips(domain, n)
@@ -250,7 +255,14 @@ def cli(args) -> int:
     codec = pretrained.load(args.model)
     n = args.limit or 40
     peer = load_peer(getattr(args, "peer", "auto"))
-    results = evaluate(codec, peer, n_speech=n, n_music=max(4, n // 3))
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = None
+        if getattr(args, "int8", False):
+            from .export import OnnxCodec, export
+
+            export(codec, Path(tmp), int8=True)
+            int8 = OnnxCodec(tmp, threads=torch.get_num_threads())
+        results = evaluate(codec, peer, n_speech=n, n_music=max(4, n // 3), int8=int8)
     results["model"] = str(args.model)
     results["model_meta"] = getattr(codec, "pretrained_meta", {})
     if peer is not None:  # its steps and wall time, to check the "same budget" claim

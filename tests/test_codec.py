@@ -212,6 +212,29 @@ def test_onnx_export_matches_torch(tmp_path, codec):
     assert r["code_agreement"] > 0.95  # DFT-as-matmul vs FFT: rare near-ties may flip
 
 
+def test_onnx_int8_export_runs_like_the_codec(tmp_path, codec):
+    """int8 export with an encoder for 2 codebooks: OnnxCodec has Codec's calls, shapes and lengths; the int8
+    decoder stays close to PyTorch's; a folder without an export is refused."""
+    pytest.importorskip("onnxruntime")
+    from tokenlm.codecs.export import OnnxCodec, export, verify
+    from tokenlm.errors import TokenlmError
+
+    export(codec, tmp_path, n_q=2, int8=True)
+    r = verify(codec, tmp_path, seconds=0.5)
+    assert r["precision"] == "int8"
+    assert r["decoder_snr_db"] > 5  # this random tiny codec: ~10 dB; the bundled one: 34 dB; a broken graph: <= 0
+    onnx_codec = OnnxCodec(tmp_path, threads=1)
+    wav = torch.randn(2, 1, 1000) * 0.2
+    codes = onnx_codec.encode(wav)
+    assert codes.shape == codec.encode(wav, 2).shape and codes.dtype == torch.long
+    assert onnx_codec.encode(wav, 1).shape[1] == 1
+    assert onnx_codec.decode(codes, 1000).shape == (2, 1, 1000)
+    with pytest.raises(TokenlmError, match="2 codebooks"):
+        onnx_codec.encode(wav, 3)
+    with pytest.raises(TokenlmError, match="not an exported codec"):
+        OnnxCodec(tmp_path / "missing")
+
+
 def test_bf16_inference_close_to_fp32(codec):
     wav = torch.randn(1, 1, 2000) * 0.2
     ref = codec.decode(codec.encode(wav))
@@ -224,3 +247,15 @@ def test_bf16_inference_close_to_fp32(codec):
     assert codes.dtype == torch.long and out.dtype == torch.float32
     assert (codes == codec.encode(wav)).float().mean() > 0.8
     assert (out - ref).abs().mean() < 0.2 * ref.abs().mean() + 1e-3
+
+
+def test_bench_measures_an_onnx_export(tmp_path, codec):
+    """``tokenlm bench codec``'s worker runs an exported folder (fresh subprocess) and reports real-time factors."""
+    pytest.importorskip("onnxruntime")
+    from tokenlm.codecs.bench import measure
+    from tokenlm.codecs.export import export
+
+    export(codec, tmp_path, n_q=2, int8=True)
+    r = measure(1, "onnx", str(tmp_path), "2", repeats=1, seconds=0.2)
+    assert set(r) == {"encode_rtf", "decode_rtf", "encode_decode_rtf"}
+    assert 0 < r["encode_decode_rtf"] < min(r["encode_rtf"], r["decode_rtf"])

@@ -169,6 +169,11 @@ def _codec_eval_args(p):
         default="auto",
         help="EnCodec-architecture peer: a model folder, 'none', or 'auto' (the run in the cache, when trained)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="add rows for the model exported to ONNX with int8 matrices (onnxruntime; the fast CPU path)",
+    )
 
 
 def _semantic_eval_args(p):
