@@ -2,7 +2,7 @@
 
 EnCodec runs as transformers' ``EncodecModel`` from its default ``EncodecConfig`` (24 kHz, random weights:
 speed does not depend on them). Both run in fp32 and under bf16 autocast (fast on CPUs with AVX-512 BF16).
-Ours also runs exported to ONNX under onnxruntime, in fp32 and with int8 learned matrices (``export --int8``:
+Ours also runs exported to ONNX under onnxruntime, in fp32 and with int8 MLPs (``export --int8``:
 the fast path on CPUs without native bf16), each with an encoder exported for the rate measured.
 Each measurement runs in a fresh subprocess with the thread count set before torch does any work, and
 reports the best of ``repeats`` runs (the machine may be shared).

@@ -94,6 +94,15 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
             "",
             markdown(eval_results),
             "",
+        ]
+        if any(k.startswith("tokenlm-int8@") for k in eval_results.get("systems", {})):
+            lines += [
+                "`tokenlm-int8` rows: the same weights exported to ONNX with int8 ConvNeXt MLPs "
+                "(`python -m tokenlm.codecs.export codec-16k -o DIR --int8`), run by onnxruntime "
+                "(`tokenlm.codecs.export.OnnxCodec`): the fast path on CPUs without native bf16.",
+                "",
+            ]
+        lines += [
             "![rate-quality](rate_quality.png) ![training curves](curves.png) ![spectrograms](spectrograms.png)",
             "",
         ]

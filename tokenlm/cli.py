@@ -172,7 +172,7 @@ def _codec_eval_args(p):
     p.add_argument(
         "--int8",
         action="store_true",
-        help="add rows for the model exported to ONNX with int8 matrices (onnxruntime; the fast CPU path)",
+        help="add rows for the model exported to ONNX with int8 MLPs (onnxruntime; the fast CPU path)",
     )
 
 
