@@ -217,6 +217,7 @@ def test_onnx_int8_export_runs_like_the_codec(tmp_path, codec):
     decoder stays close to PyTorch's; a folder without an export is refused."""
     pytest.importorskip("onnxruntime")
     from tokenlm.codecs.export import OnnxCodec, export, verify
+
     from tokenlm.errors import TokenlmError
 
     export(codec, tmp_path, n_q=2, int8=True)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from tokenlm.codecs.codec import Codec, CodecConfig
 from tokenlm.codecs.evaluate import align, mel_distance, si_sdr, systems
 
