@@ -142,9 +142,13 @@ class ExportDecoder(nn.Module):
 
 def export(codec: Codec, out_dir: Path, n_q: int | None = None, int8: bool = False) -> tuple[Path, Path]:
     """Write ``encoder.onnx`` (``n_q`` codebooks; default all), ``decoder.onnx`` and ``onnx.json`` to
-    ``out_dir``; ``int8``: int8 ConvNeXt MLPs (see the module docstring)."""
+    ``out_dir``; ``int8``: int8 ConvNeXt MLPs (see the module docstring). The graphs are written under temporary
+    names and renamed when complete; ``onnx.json`` comes last (a folder without it is not an export)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)
     n_q = n_q or codec.n_q
+    paths = {name: out_dir / f"{name}.onnx" for name in ("encoder", "decoder")}
+    tmp = {name: path.with_suffix(".onnx.tmp") for name, path in paths.items()}
     hop = codec.cfg.hop
     enc, dec = ExportEncoder(codec, n_q).eval(), ExportDecoder(codec).eval()
     wav = torch.randn(1, 51 * hop) * 0.1
@@ -154,7 +158,7 @@ def export(codec: Codec, out_dir: Path, n_q: int | None = None, int8: bool = Fal
         torch.onnx.export(
             enc,
             (wav,),
-            out_dir / "encoder.onnx",
+            tmp["encoder"],
             input_names=["wav"],
             output_names=["codes"],
             dynamic_axes={"wav": {1: "samples"}, "codes": {2: "frames"}},
@@ -164,16 +168,17 @@ def export(codec: Codec, out_dir: Path, n_q: int | None = None, int8: bool = Fal
         torch.onnx.export(
             dec,
             (codes,),
-            out_dir / "decoder.onnx",
+            tmp["decoder"],
             input_names=["codes"],
             output_names=["wav"],
             dynamic_axes={"codes": {1: "n_q", 2: "frames"}, "wav": {1: "samples"}},
             opset_version=17,
             dynamo=False,
         )
-    if int8:
-        for name in ("encoder.onnx", "decoder.onnx"):
-            quantize_int8(out_dir / name)
+    for name, path in tmp.items():
+        if int8:
+            quantize_int8(path)
+        path.replace(paths[name])
     meta = {
         "sample_rate": codec.sample_rate,
         "hop": hop,
@@ -184,7 +189,7 @@ def export(codec: Codec, out_dir: Path, n_q: int | None = None, int8: bool = Fal
         "source": str(getattr(codec, "pretrained_name", "")),
     }
     atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
-    return out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    return paths["encoder"], paths["decoder"]
 
 
 def quantize_int8(path: Path) -> None:
@@ -195,7 +200,7 @@ def quantize_int8(path: Path) -> None:
     nodes = [
         n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul" and n.name.startswith(INT8_SCOPES)
     ]
-    tmp = path.with_suffix(".int8.tmp")
+    tmp = path.with_name(path.name + ".int8")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint for every call
@@ -284,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="dynamically int8-quantize the ConvNeXt MLPs")
     p.add_argument("--kbps", type=float, help="an encoder for this rate only (default: all codebooks)")
     args = p.parse_args(argv)
-    codec = pretrained.load(args.model)
-    out = Path(args.output)
-    export(codec, out, codec.n_q_for_kbps(args.kbps) if args.kbps else None, int8=args.int8)
+    try:
+        codec = pretrained.load(args.model)
+        out = Path(args.output)
+        export(codec, out, codec.n_q_for_kbps(args.kbps) if args.kbps else None, int8=args.int8)
+    except (TokenlmError, ValueError, OSError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
     print(verify(codec, out))
     return 0
 

@@ -260,3 +260,13 @@ def test_bench_measures_an_onnx_export(tmp_path, codec):
     r = measure(1, "onnx", str(tmp_path), "2", repeats=1, seconds=0.2)
     assert set(r) == {"encode_rtf", "decode_rtf", "encode_decode_rtf"}
     assert 0 < r["encode_decode_rtf"] < min(r["encode_rtf"], r["decode_rtf"])
+
+
+def test_export_cli_refuses_bad_input(tmp_path, capsys):
+    from tokenlm.codecs.export import main
+
+    assert main(["no-such-model", "-o", str(tmp_path / "x")]) == 2
+    assert main(["codec-16k", "-o", str(tmp_path / "y"), "--kbps", "1.7"]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled model" in err and "not a rate of this codec" in err
+    assert not (tmp_path / "y" / "onnx.json").exists()
