@@ -259,7 +259,7 @@ def test_bench_measures_an_onnx_export(tmp_path, codec):
     export(codec, tmp_path, n_q=2, int8=True)
     r = measure(1, "onnx", str(tmp_path), "2", repeats=1, seconds=0.2)
     assert set(r) == {"encode_rtf", "decode_rtf", "encode_decode_rtf"}
-    assert 0 < r["encode_decode_rtf"] < min(r["encode_rtf"], r["decode_rtf"])
+    assert 0 < r["encode_decode_rtf"] <= min(r["encode_rtf"], r["decode_rtf"])  # rounded to 0.1
 
 
 def test_export_cli_refuses_bad_input(tmp_path, capsys):
