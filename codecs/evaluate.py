@@ -83,21 +83,23 @@ def codec2_system(mode: str = "3200") -> System:
     return run
 
 
-def systems(codec, peer=None, int8=None) -> dict[str, tuple[float, System]]:
-    """name -> (kbps, function). Codec2 and Opus only where their binaries exist; ``int8``: the codec exported
-    to ONNX with int8 matrices (an ``OnnxCodec``), as rows ``tokenlm-int8@kbps``."""
+def rate_rows(prefix: str, codec) -> dict[str, tuple[float, System]]:
+    """``{prefix@kbps: (kbps, function)}`` for the first 3 / 6 / 12 codebooks of ``codec``."""
     out = {}
     for n_q in (3, 6, 12):
         kbps = n_q * math.log2(codec.codebook_size) * codec.frame_rate / 1000
-        out[f"tokenlm@{kbps:g}"] = (kbps, tokenlm_system(codec, n_q))
+        out[f"{prefix}@{kbps:g}"] = (kbps, tokenlm_system(codec, n_q))
+    return out
+
+
+def systems(codec, peer=None, int8=None) -> dict[str, tuple[float, System]]:
+    """name -> (kbps, function). Codec2 and Opus only where their binaries exist; ``int8``: the codec exported
+    to ONNX with int8 MLPs (an ``OnnxCodec``), as rows ``tokenlm-int8@kbps``."""
+    out = rate_rows("tokenlm", codec)
     if int8 is not None:
-        for n_q in (3, 6, 12):
-            kbps = n_q * math.log2(int8.codebook_size) * int8.frame_rate / 1000
-            out[f"tokenlm-int8@{kbps:g}"] = (kbps, tokenlm_system(int8, n_q))
+        out |= rate_rows("tokenlm-int8", int8)
     if peer is not None:
-        for n_q in (3, 6, 12):
-            kbps = n_q * math.log2(peer.codebook_size) * peer.frame_rate / 1000
-            out[f"encodec-arch@{kbps:g}"] = (kbps, tokenlm_system(peer, n_q))
+        out |= rate_rows("encodec-arch", peer)
     if shutil.which("ffmpeg"):
         out["opus@6"] = (6.0, opus_system(6))
         out["opus@12"] = (12.0, opus_system(12))
