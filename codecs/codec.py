@@ -34,6 +34,8 @@ class CodecConfig:
     codebook_size: int = 1024
     ema_decay: float = 0.99
     dead_threshold: float = 1.0
+    # iSTFT frames per codec frame (``ISTFTHead``): 1 = 50% overlap (codec-16k v1-v4), 2 = 75% overlap
+    head_overlap: int = 1
 
 
 @dataclass
@@ -61,10 +63,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.proj_in = nn.Linear(cfg.latent_dim, cfg.dim)
         self.stack = ConvNeXtStack(cfg.dim, cfg.decoder_layers, cfg.mlp_ratio, cfg.kernel_size)
-        self.head = ISTFTHead(cfg.dim, cfg.hop)
+        self.head = ISTFTHead(cfg.dim, cfg.hop, cfg.head_overlap)
 
     def forward(self, latents: torch.Tensor, state=None):
-        """latents ``[B, T, latent_dim]`` -> windowed frames ``[B, T, 2*hop]``, new stack state."""
+        """latents ``[B, T, latent_dim]`` -> windowed frames ``[B, T * head_overlap, 2*hop]``, new stack state."""
         h, state = self.stack(self.proj_in(latents), state)
         return self.head(h), state
 
@@ -140,7 +142,7 @@ class Codec(nn.Module):
         """codes ``[B, K, T]`` (any K <= n_q) -> ``wav [B, 1, T*hop]`` (or ``length`` samples)."""
         with self.autocast():
             frames, _ = self.decoder(self.quantizer.decode(codes))
-        wav, _ = overlap_add(frames)
+        wav, _ = overlap_add(frames, hop=self.decoder.head.sub_hop)
         return wav[:, None, :length] if length is not None else wav[:, None]
 
     # ------------------------------------------------------------------ training
@@ -152,7 +154,7 @@ class Codec(nn.Module):
         N = wav.shape[-1]
         quant = quantize(self, wav, n_q, frozen_tokens)
         frames, _ = self.decoder(quant.quantized)
-        out, _ = overlap_add(frames)
+        out, _ = overlap_add(frames, hop=self.decoder.head.sub_hop)
         return CodecOutput(out[:, None, :N], quant)
 
 
@@ -225,5 +227,5 @@ class StreamingDecoder:
             return torch.zeros(codes.shape[0], 0)
         with self.codec.autocast():
             frames, self.state = self.codec.decoder(self.codec.quantizer.decode(codes), self.state)
-        wav, self.carry = overlap_add(frames, self.carry)
+        wav, self.carry = overlap_add(frames, self.carry, self.codec.decoder.head.sub_hop)
         return wav

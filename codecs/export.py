@@ -32,7 +32,7 @@ from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_write_text
 
 from .codec import Codec
-from .modules import frame_signal, frames_for
+from .modules import frame_signal, frames_for, overlap_add
 
 META_FILE = "onnx.json"
 # the MatMuls quantized by --int8: the ConvNeXt blocks' MLPs (~90% of the FLOPs). Measured on 12 held-out speech
@@ -72,7 +72,7 @@ class DFTHead(nn.Module):
 
     def __init__(self, head):
         super().__init__()
-        self.proj, self.n_bins, win = head.proj, head.n_bins, head.win
+        self.head, self.n_bins, win = head, head.n_bins, head.win
         n = torch.arange(win, dtype=torch.float64)
         k = torch.arange(self.n_bins, dtype=torch.float64)
         weight = torch.full((self.n_bins,), 2.0, dtype=torch.float64)
@@ -85,7 +85,7 @@ class DFTHead(nn.Module):
         self.register_buffer("isin", (sin * head.window.double()[None]).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_mag, re, im = self.proj(x).split(self.n_bins, dim=-1)
+        log_mag, re, im = self.head.spectra(x)
         mag = torch.exp(log_mag.clamp(max=6.0))
         norm = torch.sqrt(re * re + im * im + 1e-9)
         return (mag * re / norm) @ self.icos - (mag * im / norm) @ self.isin  # [B, T, win]
@@ -125,6 +125,7 @@ class ExportDecoder(nn.Module):
         super().__init__()
         dec, q = codec.decoder, codec.quantizer
         self.proj_in, self.stack, self.head = dec.proj_in, dec.stack, DFTHead(dec.head)
+        self.sub_hop = dec.head.sub_hop
         self.register_buffer("flat", q.codebooks.detach().reshape(-1, q.dim).clone())
         self.codebook_size = q.codebook_size
 
@@ -133,11 +134,7 @@ class ExportDecoder(nn.Module):
         offsets = torch.arange(K, device=codes.device)[None, :, None] * self.codebook_size
         z = self.flat[codes + offsets].sum(dim=1)  # [1, T, D]
         h, _ = self.stack(self.proj_in(z))
-        frames = self.head(h)
-        hop = frames.shape[-1] // 2
-        first, second = frames[..., :hop], frames[..., hop:]
-        prev = torch.cat([torch.zeros_like(second[:, :1]), second[:, :-1]], dim=1)
-        return (first + prev).reshape(1, -1)
+        return overlap_add(self.head(h), hop=self.sub_hop)[0]
 
 
 def export(codec: Codec, out_dir: Path, n_q: int | None = None, int8: bool = False) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -92,39 +93,75 @@ class STFTFrontEnd(nn.Module):
 
 
 class ISTFTHead(nn.Module):
-    """Frame features ``[B, T, C]`` -> windowed frames ``[B, T, win]`` (magnitude and phase predicted apart).
+    """Frame features ``[B, T, C]`` -> windowed frames ``[B, T * overlap, win]`` (magnitude and phase predicted
+    apart), ``win = 2 * hop``, to be overlap-added at ``sub_hop = hop / overlap``.
 
-    The phase comes from a predicted 2-vector normalised to unit length, which has no wrap-around
-    discontinuity (Vocos predicts an angle through cos/sin for the same reason).
+    ``overlap = 1``: one frame per codec frame, hann windows at 50% overlap. ``overlap = 2``: two frames per codec
+    frame at 75% overlap (Vocos's hop = n_fft / 4): every output sample is the sum of four frames instead of two,
+    so frame-to-frame disagreement (phase above all) averages out instead of beating. The phase comes from a
+    predicted 2-vector normalised to unit length, which has no wrap-around discontinuity (Vocos predicts an angle
+    through cos/sin for the same reason).
     """
 
-    def __init__(self, dim: int, hop: int):
+    def __init__(self, dim: int, hop: int, overlap: int = 1):
         super().__init__()
-        self.hop, self.win = hop, 2 * hop
+        if hop % overlap:
+            raise ValueError(f"head overlap {overlap} must divide the hop ({hop})")
+        self.hop, self.win, self.overlap, self.sub_hop = hop, 2 * hop, overlap, hop // overlap
         self.n_bins = self.win // 2 + 1
-        self.proj = nn.Linear(dim, 3 * self.n_bins)
-        self.register_buffer("window", torch.hann_window(self.win, periodic=True), persistent=False)
+        self.proj = nn.Linear(dim, overlap * 3 * self.n_bins)
+        # periodic hann windows at hop win / (2 * overlap) sum to ``overlap``
+        self.register_buffer("window", torch.hann_window(self.win, periodic=True) / overlap, persistent=False)
+
+    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [B, T, C]`` -> log-magnitude, real and imaginary parts, each ``[B, T * overlap, n_bins]``."""
+        p = rearrange(self.proj(x), "b t (s c) -> b (t s) c", s=self.overlap)
+        return p.split(self.n_bins, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the projection may run in bf16 under autocast; the spectrum and the inverse FFT stay in fp32
-        log_mag, re, im = self.proj(x).float().split(self.n_bins, dim=-1)
+        log_mag, re, im = (v.float() for v in self.spectra(x))
         mag = torch.exp(log_mag.clamp(max=6.0))
         norm = torch.sqrt(re * re + im * im + 1e-9)
         spec = torch.complex(mag * re / norm, mag * im / norm)
-        return torch.fft.irfft(spec, n=self.win, dim=-1) * self.window  # [B, T, win]
+        return torch.fft.irfft(spec, n=self.win, dim=-1) * self.window  # [B, T * overlap, win]
 
 
-def overlap_add(frames: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windowed frames ``[B, T, 2*hop]`` -> samples ``[B, T*hop]`` and the carried second half of the last frame.
+def widen_head(weight: torch.Tensor, bias: torch.Tensor, hop: int, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection of a 1-frame ``ISTFTHead`` (``weight [3 * n_bins, C]``, ``bias``) as that of an ``overlap``-frame
+    one: sub-frame ``s`` starts ``s * hop / overlap`` samples later, so it gets the same magnitudes and the phases
+    advanced by that shift (a rotation of each bin's (re, im) pair, linear in the weights). A warm start for
+    changing the head of a trained codec; the decoder then needs a short fine-tune."""
+    n_bins = weight.shape[0] // 3
+    win = 2 * hop
+    ws, bs = [], []
+    for s in range(overlap):
+        ang = 2 * math.pi * torch.arange(n_bins, dtype=torch.float64) * (s * hop / overlap) / win
+        c, si = torch.cos(ang).to(weight.dtype)[:, None], torch.sin(ang).to(weight.dtype)[:, None]
+        (wm, wr, wi), (bm, br, bi) = weight.split(n_bins), bias[:, None].split(n_bins)
+        ws.append(torch.cat([wm, c * wr - si * wi, si * wr + c * wi]))
+        bs.append(torch.cat([bm, c * br - si * bi, si * br + c * bi])[:, 0])
+    return torch.cat(ws), torch.cat(bs)
 
-    Output block ``j`` is the first half of frame ``j`` plus the second half of frame ``j - 1`` (``carry``
-    for ``j = 0``): hann windows at 50% overlap sum to one, so the blocks cross-fade.
+
+def overlap_add(
+    frames: torch.Tensor, carry: torch.Tensor | None = None, hop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windowed frames ``[B, M, W]`` at ``hop`` (default ``W / 2``) -> samples ``[B, M * hop]`` and the carry
+    ``[B, W / hop - 1, hop]``: the parts of the last frames that belong to later output.
+
+    Output block ``j`` (``hop`` samples) is the sum of block ``i`` of frame ``j - i`` over ``i < W / hop``, plus
+    what ``carry`` holds for it (zeros for the first call). A sum of shifted copies (pads, no scatter), which
+    exports to ONNX.
     """
-    B, T, W = frames.shape
-    hop = W // 2
-    first, second = frames[..., :hop], frames[..., hop:]
-    prev = torch.cat([carry if carry is not None else frames.new_zeros(B, 1, hop), second[:, :-1]], dim=1)
-    return (first + prev).reshape(B, T * hop), second[:, -1:]
+    B, M, W = frames.shape
+    hop = hop or W // 2
+    k = W // hop
+    blocks = frames.reshape(B, M, k, hop)
+    out = sum(F.pad(blocks[:, :, i], (0, 0, i, k - 1 - i)) for i in range(k))  # [B, M + k - 1, hop]
+    if carry is not None:
+        out = out + F.pad(carry, (0, 0, 0, M))
+    return out[:, :M].reshape(B, M * hop), out[:, M:]
 
 
 def frame_signal(wav: torch.Tensor, hop: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .losses import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from .modules import ISTFTHead, widen_head
 from .peer import EncodecPeer, EncodecPeerConfig
 
 
@@ -73,6 +74,7 @@ class TrainConfig:
     # (what the LM is trained on, what .tlm files hold) do not change. (A multi-GPU run of this phase needs
     # DDP's find_unused_parameters.)
     gan_freeze_tokens: bool = False
+    freeze_tokens: bool = False  # decoder-only training from the start (e.g. a new head on a trained codec)
     disc_batch: int = 8  # clips of each batch the discriminators see
     mpd_channels: tuple[int, ...] = (8, 32, 64, 64)
     stft_channels: int = 8
@@ -187,7 +189,14 @@ class Trainer:
         from tokenlm.pretrained import resolve
 
         folder = resolve(init)
-        load_state_dict_strict(self.model, load_weights(folder), where=str(folder))
+        weights = load_weights(folder)
+        head = getattr(getattr(self.model, "decoder", None), "head", None)
+        w, b = "decoder.head.proj.weight", "decoder.head.proj.bias"
+        if isinstance(head, ISTFTHead) and head.overlap > 1 and w in weights and weights[w].shape[0] == 3 * head.n_bins:
+            # a 1-frame head into an ``overlap``-frame one
+            weights[w], weights[b] = widen_head(weights[w].float(), weights[b].float(), head.hop, head.overlap)
+            log.info("warm start: the iSTFT head widened to %d frames per codec frame", head.overlap)
+        load_state_dict_strict(self.model, weights, where=str(folder))
         meta = read_model_config(folder).get("meta", {})
         if continue_run and meta.get("run") == self.cfg.name and "steps" in meta:
             # the same run, continued from its committed model (its training state is gone): the step count,
@@ -225,7 +234,8 @@ class Trainer:
             self._make_disc()
             self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
         with self.autocast():
-            out = self.model(x[:, None], self.n_q_for_step(), frozen_tokens=gan and self.cfg.gan_freeze_tokens)
+            frozen = self.cfg.freeze_tokens or (gan and self.cfg.gan_freeze_tokens)
+            out = self.model(x[:, None], self.n_q_for_step(), frozen_tokens=frozen)
         y = out.wav[:, 0].float()
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
         d_grads, stats = None, {}

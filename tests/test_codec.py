@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import numpy as np
@@ -6,6 +7,7 @@ import soundfile as sf
 import torch
 from tokenlm.codecs.codec import Codec, CodecConfig, StreamingDecoder, StreamingEncoder
 from tokenlm.codecs.container import ContainerError, Header, Writer, pack_codes, read_blocks, read_header, unpack_codes
+from tokenlm.codecs.modules import ISTFTHead, overlap_add, widen_head
 from tokenlm.codecs.rvq import ResidualVQ
 
 from tokenlm.checkpoint import save_model
@@ -38,6 +40,70 @@ def test_streaming_encode_decode_equals_whole_file(codec, chunk):
     frames = max(1, chunk // 40)
     pieces = [dec.push(codes[..., i : i + frames]) for i in range(0, codes.shape[-1], frames)]
     assert torch.allclose(torch.cat(pieces, dim=-1), full[:, 0], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def codec_ola2():
+    """The tiny codec with a 75%-overlap head (two iSTFT frames per codec frame)."""
+    torch.manual_seed(0)
+    m = Codec(dataclasses.replace(TINY, head_overlap=2)).eval()
+    m.quantizer.kmeans_init(torch.randn(256, TINY.latent_dim))
+    return m
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_overlap_head_streams_exactly(codec_ola2, chunk):
+    torch.manual_seed(1)
+    codes = codec_ola2.encode(torch.randn(1, 1, 1001) * 0.3)
+    full = codec_ola2.decode(codes)
+    assert full.shape == (1, 1, 26 * TINY.hop)
+    dec = StreamingDecoder(codec_ola2)
+    pieces = [dec.push(codes[..., i : i + chunk]) for i in range(0, codes.shape[-1], chunk)]
+    assert torch.allclose(torch.cat(pieces, dim=-1), full[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("overlap", [1, 2, 4])
+def test_overlap_add_reconstructs_hann_windowed_frames(overlap):
+    """Frames of a signal under the heads' synthesis window (hann / overlap) add back to the signal, and the carry
+    makes two calls equal one."""
+    W, h = 64, 32 // overlap
+    x = torch.randn(1, 1024)
+    n = (x.shape[1] - W) // h + 1
+    window = torch.hann_window(W, periodic=True) / overlap
+    frames = torch.stack([x[0, i * h : i * h + W] * window for i in range(n)])[None]
+    y, carry = overlap_add(frames, hop=h)
+    assert y.shape == (1, n * h) and carry.shape == (1, W // h - 1, h)
+    assert torch.allclose(y[0, W : n * h], x[0, W : n * h], atol=1e-5)  # the first W samples lack earlier frames
+    y1, c1 = overlap_add(frames[:, :5], hop=h)
+    y2, _ = overlap_add(frames[:, 5:], c1, hop=h)
+    assert torch.allclose(torch.cat([y1, y2], 1), y, atol=1e-6)
+
+
+def test_widen_head_keeps_the_first_frame_and_shifts_the_second():
+    torch.manual_seed(2)
+    hop = 40
+    one, two = ISTFTHead(16, hop, 1), ISTFTHead(16, hop, 2)
+    with torch.no_grad():
+        two.proj.weight[:], two.proj.bias[:] = widen_head(one.proj.weight, one.proj.bias, hop, 2)
+    x = torch.randn(1, 3, 16)
+    f1, f2 = one(x), two(x)
+    assert f2.shape == (1, 6, 2 * hop)
+    assert torch.allclose(2 * f2[:, 0::2], f1, atol=1e-5)  # same frame, half the window (4 frames add up)
+
+    def signal(head):  # the frames' periodic signals, before the window
+        log_mag, re, im = head.spectra(x)
+        scale = log_mag.exp() / torch.sqrt(re * re + im * im + 1e-9)
+        return torch.fft.irfft(torch.complex(scale * re, scale * im), n=head.win)
+
+    assert torch.allclose(signal(two)[:, 1::2], torch.roll(signal(one), -hop // 2, dims=-1), atol=1e-5)
+
+
+def test_onnx_export_of_the_overlap_head_matches_torch(tmp_path, codec_ola2):
+    pytest.importorskip("onnxruntime")
+    from tokenlm.codecs.export import export, verify
+
+    export(codec_ola2, tmp_path)
+    assert verify(codec_ola2, tmp_path, seconds=0.5)["decoder_max_abs_diff"] < 1e-4
 
 
 def test_first_k_codebooks_and_shapes(codec):
