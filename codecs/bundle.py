@@ -23,6 +23,13 @@ from tokenlm.utils import atomic_write_text
 from .evaluate import markdown
 
 
+def head_text(cfg: dict) -> str:
+    s = cfg.get("head_overlap", 1)
+    if s == 1:
+        return " (frames of 2 hops at 50% overlap)"
+    return f" ({s} frames of 2 hops per codec frame, {100 - 50 // s}% overlap)"
+
+
 def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | None, train: dict | None = None) -> str:
     """The model card; ``train`` is the run's training config (from its state file) when there is one."""
     meta, cfg = doc.get("meta", {}), doc["config"]
@@ -32,7 +39,8 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         f"Causal STFT-frame ConvNeXt encoder ({cfg['encoder_layers']} blocks, width {cfg['dim']}) -> residual VQ "
         f"({cfg['n_q']} codebooks of {cfg['codebook_size']}, EMA, k-means init, dead-code restart below "
         f"{cfg.get('dead_threshold', 1.0):g} uses per step, quantizer dropout) "
-        f"-> ConvNeXt decoder ({cfg['decoder_layers']} blocks) with an iSTFT head. {cfg['sample_rate']} Hz mono, "
+        f"-> ConvNeXt decoder ({cfg['decoder_layers']} blocks) with an iSTFT head{head_text(cfg)}. "
+        f"{cfg['sample_rate']} Hz mono, "
         f"{cfg['sample_rate'] // cfg['hop']} frames/s; the first 3 / 6 / 12 codebooks give 1.5 / 3 / 6 kbps. Weights "
         "stored in fp16 (computed in fp32).",
         "",

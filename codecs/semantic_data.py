@@ -63,14 +63,6 @@ def _intervals(events: list[tuple[int, str]], n: int, sr: int) -> list[tuple[flo
     return out
 
 
-def frame_labels(phones: list, n_frames: int, hop_s: float) -> list[str]:
-    """Phone at each frame centre ``(t + 0.5) * hop_s``; frames past the last interval are silence."""
-    ends = np.array([p[1] for p in phones])
-    centres = (np.arange(n_frames) + 0.5) * hop_s
-    idx = np.searchsorted(ends, centres, side="right")
-    return [phones[i][2] if i < len(phones) else SILENCE for i in idx]
-
-
 # --------------------------------------------------------------------------- text
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenlm.corpus.phones import frame_labels
 from tokenlm.utils import atomic_write_text
 
 from .semantic import SemanticConfig, kmeans, nearest
-from .semantic_data import Clip, dev_corpus, frame_labels, is_held_out_voice, load_clips, read_rows, voice_name
+from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
 SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-invariance keys
@@ -100,7 +101,7 @@ def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: in
 
 
 def clip_labels(clip: Clip, n_frames: int, cfg: SemanticConfig) -> list[str]:
-    return frame_labels(clip.phones, n_frames, cfg.hop_length / cfg.sample_rate)
+    return frame_labels(clip.phones, cfg.sample_rate / cfg.hop_length, n_frames)
 
 
 # --------------------------------------------------------------------------- the evaluation

@@ -456,10 +456,15 @@ def save_spectrograms(path: Path, model: Codec, wav: torch.Tensor) -> None:
 TRAINING_ONLY_KEYS = ("ema_decay", "dead_threshold")
 
 
+# model-config keys that models saved before them lack, with the value those models have
+NEWER_KEYS = {"head_overlap": 1}
+
+
 def architecture_diff(committed: dict, wanted: dict) -> list[str]:
-    """Model-config keys whose values differ (training-only settings of the quantizer excepted)."""
+    """Model-config keys whose values differ (training-only settings of the quantizer excepted; a key newer than
+    a saved model counts with the value such models have, ``NEWER_KEYS``)."""
     keys = (set(committed) | set(wanted)) - set(TRAINING_ONLY_KEYS)
-    return sorted(k for k in keys if committed.get(k) != wanted.get(k))
+    return sorted(k for k in keys if committed.get(k, NEWER_KEYS.get(k)) != wanted.get(k, NEWER_KEYS.get(k)))
 
 
 def cli(args) -> int:

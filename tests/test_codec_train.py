@@ -309,6 +309,9 @@ def test_new_quantizer_settings_still_continue_the_committed_model():
     assert architecture_diff(committed, {**committed, "dead_threshold": 0.1, "ema_decay": 0.9}) == []
     assert architecture_diff(committed, {**committed, "dim": 384}) == ["dim"]
     assert architecture_diff(committed, {k: v for k, v in committed.items() if k != "n_q"}) == ["n_q"]
+    # models saved before head_overlap existed have the 1-frame head
+    assert architecture_diff(committed, {**committed, "head_overlap": 1}) == []
+    assert architecture_diff(committed, {**committed, "head_overlap": 2}) == ["head_overlap"]
 
 
 def test_shipped_small_config_continues_the_bundled_codec():

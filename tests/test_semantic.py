@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from tokenlm.codecs.semantic_data import build_espeak_corpus, frame_labels, is_held_out_voice, read_phones, say
+from tokenlm.codecs.semantic_data import build_espeak_corpus, is_held_out_voice, read_phones, say
 from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
 from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
 
 from tokenlm.checkpoint import load_state
 from tokenlm.cli import main
 from tokenlm.config import load_config
+from tokenlm.corpus.phones import frame_labels
 from tokenlm.errors import TokenlmError
 from tokenlm.pretrained import load
 from tokenlm.utils import seed_everything
@@ -126,7 +127,7 @@ def test_espeak_phones_cover_the_clip(tmp_path):
     assert starts[0] == 0.0 and ends[-1] == pytest.approx(len(utt.samples) / utt.sample_rate)
     assert all(e > s for s, e in zip(starts, ends)) and starts[1:] == ends[:-1]
     assert {"s", "b"} <= {p[2] for p in utt.phones}
-    labels = frame_labels(utt.phones, 10, 0.02)
+    labels = frame_labels(utt.phones, 50.0, 10)
     assert labels[0] == "_" and len(labels) == 10
     (tmp_path / "p.txt").write_text("0.0 0.1 sil\n0.1 0.25 dh\n")  # the corpus's text format
     assert read_phones(tmp_path / "p.txt") == [(0.0, 0.1, "sil"), (0.1, 0.25, "dh")]
