@@ -152,7 +152,7 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     assert resumed.disc is not None and resumed.step == 4
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "base", "encodec_peer"])
+@pytest.mark.parametrize("name", ["tiny", "small", "base", "encodec_peer", "small_gan", "small_gan_mpd", "small_ola2"])
 def test_shipped_codec_configs_load(name):
     from tokenlm.codecs.train import PeerTrainConfig
 
@@ -208,6 +208,36 @@ def test_gan_phase_with_frozen_tokens_trains_only_the_decoder(tmp_path, corpus, 
     after = t.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+
+
+def test_warm_start_into_an_overlap_head_then_decoder_only_gan_with_period_discriminators(
+    tmp_path, corpus, monkeypatch
+):
+    """A trained 1-frame-head codec warm-starts a 2-frame-head one (head widened, everything else loaded as is);
+    with ``freeze_tokens`` and MPD-only discriminators only the decoder (and the discriminators) learn."""
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_cfg(corpus)
+    a = Trainer(cfg, tmp_path / "a", seed=0)
+    a.fit(max_minutes=None, max_steps=2)
+    wide = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, head_overlap=2),
+        freeze_tokens=True,
+        gan_start_step=1,
+        disc_batch=2,
+        mpd_channels=(2, 4),
+        stft_channels=0,
+    )
+    b = Trainer(wide, tmp_path / "b", seed=0)
+    b.warm_start(str(tmp_path / "a" / "model"))
+    head = b.model.decoder.head
+    assert head.proj.weight.shape[0] == 2 * a.model.decoder.head.proj.weight.shape[0]
+    assert torch.equal(b.model.encoder.proj_in.weight, a.model.encoder.proj_in.weight)
+    before = {k: v.clone() for k, v in b.model.state_dict().items()}
+    b.fit(max_minutes=None, max_steps=3)
+    changed = {k for k, v in b.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+    assert b.disc is not None and b.disc.msstft is None
 
 
 def test_model_card_describes_the_adversarial_phase():
