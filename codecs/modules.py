@@ -97,8 +97,8 @@ class ISTFTHead(nn.Module):
     apart), ``win = 2 * hop``, to be overlap-added at ``sub_hop = hop / overlap``.
 
     ``overlap = 1``: one frame per codec frame, hann windows at 50% overlap. ``overlap = 2``: two frames per codec
-    frame at 75% overlap (Vocos's hop = n_fft / 4): every output sample is the sum of four frames instead of two,
-    so frame-to-frame disagreement (phase above all) averages out instead of beating. The phase comes from a
+    frame at 75% overlap (Vocos's hop = n_fft / 4): every output sample is the sum of four frames instead of two
+    (on codec-16k v4's trunk it measured no better than 1, see configs/codec/small_ola2.yaml). The phase comes from a
     predicted 2-vector normalised to unit length, which has no wrap-around discontinuity (Vocos predicts an angle
     through cos/sin for the same reason).
     """
