@@ -1,4 +1,4 @@
-"""Codec training losses: multi-resolution mel, compressed-complex STFT, adversarial + feature matching,
+"""Codec training losses: multi-resolution mel, compressed-complex STFT, log-spectral, adversarial + feature matching,
 and EnCodec's loss balancer (arXiv:2210.13438, Sec. 3.4).
 
 Loss names are the config keys of their weights (``rec/mel``, ``rec/complex``, ``adv/gen``, ``adv/feat``).
@@ -76,6 +76,29 @@ class CompressedComplexLoss(nn.Module):
             m_hat, m = s_hat.abs().clamp_min(1e-7), s.abs().clamp_min(1e-7)
             c_hat, c = s_hat * m_hat.pow(self.power - 1), s * m.pow(self.power - 1)
             loss = loss + (c_hat - c).abs().pow(2).mean() + (m_hat.pow(self.power) - m.pow(self.power)).pow(2).mean()
+        return loss / len(self.n_ffts)
+
+
+class LogSpectralLoss(nn.Module):
+    """L1 between log linear-frequency STFT magnitudes, each clip floored ``floor_db`` below its loudest bin.
+
+    Above ~1 kHz a mel band is wider than the harmonic spacing of speech, so mel losses barely see the valleys
+    between harmonics; a decoder trained on them fills the valleys with noise. ViSQOL sees little else: on codec-16k
+    v4 (3 kbps, held-out speech) putting the original's magnitudes back into just the bins 40 dB or more below the
+    loudest (mostly those valleys, inside speech) lifts ViSQOL 1.27 -> 3.03. The floor is relative, so the loss
+    weighs a quiet clip like a loud one and does not chase the noise floor of silence.
+    """
+
+    def __init__(self, n_ffts=(512, 1024, 2048), floor_db: float = 80.0):
+        super().__init__()
+        self.n_ffts, self.floor = tuple(n_ffts), 10 ** (-floor_db / 20)
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = y.new_zeros(())
+        for n_fft in self.n_ffts:
+            m_hat, m = stft(y_hat, n_fft, n_fft // 4).abs(), stft(y, n_fft, n_fft // 4).abs()
+            floor = self.floor * m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+            loss = loss + F.l1_loss(torch.log(m_hat + floor), torch.log(m + floor))
         return loss / len(self.n_ffts)
 
 

@@ -30,6 +30,7 @@ from .discriminators import Discriminators
 from .losses import (
     Balancer,
     CompressedComplexLoss,
+    LogSpectralLoss,
     MultiResolutionMelLoss,
     feature_matching_loss,
     hinge_d_loss,
@@ -116,6 +117,7 @@ class Trainer:
         self.balancer = Balancer({k: v for k, v in cfg.weights.items() if not k.startswith("vq/")})
         self.mel = MultiResolutionMelLoss(cfg.model.sample_rate)
         self.complex = CompressedComplexLoss()
+        self.logspec = LogSpectralLoss()
         self.step, self.train_seconds = 0, 0.0
 
     def _lr_factor(self, step: int) -> float:
@@ -238,6 +240,8 @@ class Trainer:
             out = self.model(x[:, None], self.n_q_for_step(), frozen_tokens=frozen)
         y = out.wav[:, 0].float()
         losses = {"rec/mel": self.mel(y, x), "rec/complex": self.complex(y, x)}
+        if self.cfg.weights.get("rec/logspec", 0.0) > 0:
+            losses["rec/logspec"] = self.logspec(y, x)
         d_grads, stats = None, {}
         ramp = 0.0
         if gan:

@@ -1,5 +1,6 @@
 import dataclasses
 import io
+import math
 
 import numpy as np
 import pytest
@@ -336,3 +337,21 @@ def test_export_cli_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no bundled model" in err and "not a rate of this codec" in err
     assert not (tmp_path / "y" / "onnx.json").exists()
+
+
+def test_log_spectral_loss_sees_noise_between_harmonics_that_mel_losses_barely_do():
+    from tokenlm.codecs.losses import LogSpectralLoss, MultiResolutionMelLoss
+
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    x = 0.05 * sum(torch.sin(2 * math.pi * 120 * h * t) / h for h in range(1, 40))[None]
+    noise = torch.randn_like(x)
+    noise = noise / noise.std() * x.std() * 10 ** (-35 / 20)  # fills the valleys, 35 dB down
+    logspec, mel = LogSpectralLoss(), MultiResolutionMelLoss(16000)
+    assert logspec(x, x).item() == 0.0
+    # relative to a 1 dB gain error, filled valleys weigh far more in the log-spectral loss than in the mel loss
+    ratio_logspec = logspec(x + noise, x) / logspec(1.122 * x, x)
+    ratio_mel = mel(x + noise, x) / mel(1.122 * x, x)
+    assert ratio_logspec > 2 * ratio_mel, (ratio_logspec, ratio_mel)
+    # the floor is relative to each clip's loudest bin: the loss does not depend on the level
+    assert torch.allclose(logspec(7 * (x + noise), 7 * x), logspec(x + noise, x), rtol=1e-4)

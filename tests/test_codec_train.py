@@ -152,7 +152,9 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     assert resumed.disc is not None and resumed.step == 4
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "base", "encodec_peer", "small_gan", "small_gan_mpd", "small_ola2"])
+@pytest.mark.parametrize(
+    "name", ["tiny", "small", "base", "encodec_peer", "small_gan", "small_gan_mpd", "small_ola2", "small_logspec"]
+)
 def test_shipped_codec_configs_load(name):
     from tokenlm.codecs.train import PeerTrainConfig
 
