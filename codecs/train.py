@@ -10,6 +10,7 @@ model folder), appends held-out metrics to ``<run>/metrics.jsonl`` and redraws `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -83,6 +84,10 @@ class TrainConfig:
     # autocast dtype of the forward passes: "bf16", "fp32" or "auto" (bf16 only where it is native: AVX-512 BF16 / AMX
     # CPUs, GPUs; on an AVX2 CPU emulated bf16 made a step ~20x slower than fp32)
     precision: str = "auto"
+    # > 0: an exponential moving average of the generator's weights (this decay per step) is what checkpoints
+    # export and the held-out probe measures. Adversarial training swings from checkpoint to checkpoint
+    # (small_gan_mpd2: held-out ViSQOL at 3 kbps 1.430 at step 3,331, 1.318 at 4,024); the average does not.
+    weight_ema: float = 0.0
     kmeans_batches: int = 24
     checkpoint_minutes: float = 5.0
     log_every: int = 25
@@ -110,6 +115,7 @@ class Trainer:
         model_cls, self.kind = MODELS[type(cfg.model)]
         self.model = model_cls(cfg.model)
         self.disc: Discriminators | None = None
+        self.ema: dict[str, torch.Tensor] | None = None  # parameter name -> its moving average (weight_ema)
         self.warm_step = 0  # the step a warm start began at: the learning-rate warm-up counts from here
         self.opt_g = torch.optim.AdamW(self.model.parameters(), cfg.optim.lr, betas=tuple(cfg.optim.betas))
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor)
@@ -156,9 +162,41 @@ class Trainer:
         if self.disc is not None:
             state["disc"] = self.acc.unwrap_model(self.disc).state_dict()
             state["opt_d"] = self.opt_d.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema
         if self.acc.is_main_process:
             save_state(self.state_path, state)
-            save_model(self.run_dir / "model", self.kind, to_dict(self.cfg.model), model.state_dict(), meta=self.meta())
+            save_model(
+                self.run_dir / "model", self.kind, to_dict(self.cfg.model), self.export_state(), meta=self.meta()
+            )
+
+    # ------------------------------------------------------------------ weight averaging
+    def update_ema(self) -> None:
+        """After an optimiser step: move the averages toward the parameters (``weight_ema`` > 0)."""
+        if self.cfg.weight_ema <= 0:
+            return
+        params = dict(self.acc.unwrap_model(self.model).named_parameters())
+        if self.ema is None:  # a run without averages so far (new, or resumed from one): they start here
+            self.ema = {k: p.detach().clone() for k, p in params.items()}
+            return
+        torch._foreach_lerp_(
+            [self.ema[k] for k in params], [p.detach() for p in params.values()], 1 - self.cfg.weight_ema
+        )
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint exports: the averaged parameters when there are averages (buffers, such as
+        the codebooks, as they are), else the model's own."""
+        sd = self.acc.unwrap_model(self.model).state_dict()
+        return sd if self.ema is None else {k: self.ema.get(k, v) for k, v in sd.items()}
+
+    def export_model(self) -> torch.nn.Module:
+        """The model with the exported weights (a copy when they are averages)."""
+        model = self.acc.unwrap_model(self.model)
+        if self.ema is None:
+            return model
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(self.export_state())
+        return averaged
 
     def meta(self) -> dict:
         seg = self.cfg.data.segment_seconds * self.cfg.data.batch_size * self.acc.num_processes
@@ -177,6 +215,7 @@ class Trainer:
         self.balancer.load_state_dict(state["balancer"])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.warm_step = int(state.get("warm_step", 0))
+        self.ema = state.get("ema") if self.cfg.weight_ema > 0 else None
         if "disc" in state:
             self._make_disc()
             self.disc.load_state_dict(state["disc"])
@@ -254,6 +293,7 @@ class Trainer:
         self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt_g.step()
         self.sched_g.step()
+        self.update_ema()
         if gan:  # the generator's backward also reached the discriminator: replace with its own gradients
             for p, g in zip(self.disc.parameters(), d_grads):
                 p.grad = g
@@ -323,7 +363,7 @@ class Trainer:
                     break
                 if done or time.time() - t_ckpt >= 60 * self.cfg.checkpoint_minutes:
                     self.save()
-                    evaluator(self.acc.unwrap_model(self.model), self.step, self.train_seconds)
+                    evaluator(self.export_model(), self.step, self.train_seconds)
                     self.model.train()
                     t_ckpt = time.time()
                 if done:

@@ -442,3 +442,32 @@ def test_discriminator_logits_depend_on_the_input_at_corpus_loudness():
     x, y = torch.randn(2, 2, 4000) * 0.05
     for a, b in zip(disc(x)[0], disc(y)[0]):
         assert (a - b).abs().mean() / (a.abs().mean() + b.abs().mean()) > 0.15
+
+
+def test_weight_average_is_exported_and_resumes_exactly(tmp_path, corpus, monkeypatch):
+    from tokenlm.checkpoint import load_weights
+
+    monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(tiny_cfg(corpus), weight_ema=0.5)
+    torch.manual_seed(0)
+    a = Trainer(cfg, tmp_path / "a", seed=3)
+    a.fit(max_minutes=None, max_steps=2)
+    name = "decoder.head.proj.weight"
+    e2, p2 = a.ema[name].clone(), a.model.decoder.head.proj.weight.detach().clone()
+    a.fit(max_minutes=None, max_steps=3)
+    p3 = a.model.decoder.head.proj.weight.detach()
+    assert not torch.equal(p2, p3) and not torch.equal(e2, p2)  # the average lags the parameters
+    assert torch.allclose(a.ema[name], 0.5 * e2 + 0.5 * p3, atol=1e-6)
+    # the checkpoint exports the average, with the buffers (codebooks) as they are
+    exported = load_weights(tmp_path / "a" / "model")
+    assert torch.allclose(exported[name].float(), a.ema[name], atol=1e-6)
+    assert torch.equal(exported["quantizer.codebooks"], a.model.quantizer.codebooks)
+
+    torch.manual_seed(0)
+    b = Trainer(cfg, tmp_path / "b", seed=3)
+    b.fit(max_minutes=None, max_steps=2)
+    b2 = Trainer(cfg, tmp_path / "b", seed=3)
+    b2.resume()
+    b2.fit(max_minutes=None, max_steps=3)
+    for k, v in a.ema.items():
+        assert torch.allclose(v, b2.ema[k], atol=1e-5), k
