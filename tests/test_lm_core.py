@@ -225,7 +225,7 @@ def test_constrained_generation_never_leaves_ranges():
 def test_codec_generation_without_eos_and_guidance_and_sliding_window():
     v = tiny_vocab(n_q=2)
     m = tiny_model(v, seed=2)  # max_seq_len 128
-    prompt = Prompt(v, 2).special("bos").task("music").build().ids[None]
+    prompt = Prompt(v, 2).special("bos").task("continue").build().ids[None]
     uncond = Prompt(v, 2).special("bos").build().ids[None]
     p = SamplingParams(top_k=5, cfg_scale=3.0, window=32, keep_prefix=2)
     codes, lengths = generate_codec(

@@ -51,6 +51,8 @@ def kind_mask(vocab: Any, kind: str) -> torch.Tensor:
         return vocab.mask(kind)
     if kind in ("task", "tasks"):
         return vocab.mask("tasks")
+    if kind == "lang":
+        return vocab.mask("lang")
     raise TokenlmError(f"unknown position kind {kind!r}")
 
 
@@ -61,7 +63,7 @@ def kind_masks(vocab: Any, kinds: tuple[str, ...]) -> torch.Tensor:
 
 @dataclass
 class Segment:
-    kind: str  # "special" | "task" | "text" | "semantic" | "codec"
+    kind: str  # "special" | "task" | "lang" | "text" | "semantic" | "codec"
     tokens: torch.Tensor  # [T] (single stream) or [K, T] (codec), vocabulary ids
     loss: bool = False
     end: bool = False  # codec only: an eos step after the last frame
@@ -91,6 +93,9 @@ class Prompt:
 
     def task(self, name: str) -> Prompt:
         return self.add("task", [self.vocab.task(name)])
+
+    def language(self, code: str, loss: bool = False) -> Prompt:
+        return self.add("lang", [self.vocab.language(code)], loss)
 
     def text(self, ids: Any, loss: bool = False) -> Prompt:
         return self.add("text", ids, loss)

@@ -3,8 +3,9 @@
 Ranges, in order (each a half-open ``[start, stop)`` interval of ids)::
 
     specials   pad, bos, eos, sep, mask, fill, unk, ...   (fixed names, ``SPECIALS``)
-    tasks      one id per task                               (``TASKS``)
+    tasks      one id per task                               (``TASKS``; the names of ``tokenlm.tasks``)
     modality   one id per stream kind                        (``MODALITIES``)
+    lang       one id per language of the training corpus     (ISO 639-1 codes, listed in the spec)
     text       the pieces of a sentencepiece model           (size from the model)
     semantic   the units of the semantic tokenizer           (n_q * codebook_size of that tokenizer)
     codec.0 .. codec.{K-1}  one range per codec codebook     (codebook_size of the codec, K = n_q)
@@ -45,7 +46,8 @@ SPECIALS = (
     "sos_text",
     "eos_text",
 )
-TASKS = ("lm", "asr", "tts", "voice_clone", "separate", "extract", "caption", "music", "continue", "compress")
+# one name per task everywhere: CLI command = module under tasks/ = task id here ("lm": plain audio modelling)
+TASKS = ("lm", "asr", "tts", "clone", "separate", "caption", "continue")
 MODALITIES = ("text", "semantic", "codec", "text_en", "speech", "music", "sound")
 PAD_TO = 64  # the embedding/head size is padded to a multiple of this (faster matmuls)
 
@@ -69,7 +71,8 @@ class Range:
 class Vocab:
     """The unified id space. Build with ``Vocab.build``; persist with ``to_dict`` / ``from_dict``."""
 
-    def __init__(self, ranges: Iterable[Range]):
+    def __init__(self, ranges: Iterable[Range], languages: Iterable[str] = ()):
+        self.languages = tuple(languages)
         self.ranges: dict[str, Range] = {}
         pos = 0
         for r in ranges:
@@ -81,17 +84,29 @@ class Vocab:
         self.size = -(-pos // PAD_TO) * PAD_TO
         self.n_q = sum(1 for n in self.ranges if n.startswith("codec."))
         self.codebook_size = self.ranges["codec.0"].size if self.n_q else 0
+        if self.ranges.get("lang", Range("lang", 0, 0)).size != len(self.languages):
+            raise TokenlmError("the lang range and the language list differ in size")
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, text_size: int, semantic: Any | None = None, codec: Any | None = None) -> Vocab:
-        """Ranges from tokenizer objects (anything with ``n_q`` and ``codebook_size``)."""
+    def build(
+        cls,
+        text_size: int,
+        semantic: Any | None = None,
+        codec: Any | None = None,
+        languages: Iterable[str] = (),
+    ) -> Vocab:
+        """Ranges from tokenizer objects (anything with ``n_q`` and ``codebook_size``) and the corpus's
+        language codes (one id each; none for models without language tokens)."""
+        languages = tuple(languages)
         sizes: list[tuple[str, int]] = [
             ("specials", len(SPECIALS)),
             ("tasks", len(TASKS)),
             ("modality", len(MODALITIES)),
-            ("text", int(text_size)),
         ]
+        if languages:
+            sizes.append(("lang", len(languages)))
+        sizes.append(("text", int(text_size)))
         if semantic is not None:
             sizes.append(("semantic", int(semantic.n_q) * int(semantic.codebook_size)))
         if codec is not None:
@@ -100,7 +115,7 @@ class Vocab:
         for name, size in sizes:
             ranges.append(Range(name, pos, size))
             pos += size
-        return cls(ranges)
+        return cls(ranges, languages)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +123,7 @@ class Vocab:
             "specials": list(SPECIALS),
             "tasks": list(TASKS),
             "modalities": list(MODALITIES),
+            "languages": list(self.languages),
         }
 
     @classmethod
@@ -115,7 +131,7 @@ class Vocab:
         for key, names in (("specials", SPECIALS), ("tasks", TASKS), ("modalities", MODALITIES)):
             if list(d.get(key, names)) != list(names):
                 raise TokenlmError(f"vocab spec lists different {key} than this version of tokenlm")
-        return cls(Range(n, int(s), int(z)) for n, s, z in d["ranges"])
+        return cls((Range(n, int(s), int(z)) for n, s, z in d["ranges"]), d.get("languages", ()))
 
     # ------------------------------------------------------------------ lookups
     def range(self, name: str) -> Range:
@@ -130,6 +146,19 @@ class Vocab:
         if name not in TASKS:
             raise TokenlmError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
         return self.range("tasks").start + TASKS.index(name)
+
+    def language(self, code: str | None) -> int:
+        """The id of a language code; an unknown or missing code raises (check ``has_language``)."""
+        if code not in self.languages:
+            raise TokenlmError(f"language {code!r} is not in this model's vocabulary ({', '.join(self.languages)})")
+        return self.range("lang").start + self.languages.index(code)
+
+    def has_language(self, code: str | None) -> bool:
+        return code in self.languages
+
+    def id_to_language(self, i: int) -> str | None:
+        r = self.ranges.get("lang")
+        return self.languages[i - r.start] if r is not None and i in r else None
 
     def modality(self, name: str) -> int:
         return self.range("modality").start + MODALITIES.index(name)
