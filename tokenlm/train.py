@@ -37,7 +37,7 @@ from .vocab import Vocab
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # "synthetic" (tests, benches) or "shards" (from `tokenlm tokenize`)
+    source: str = "synthetic"  # "synthetic" (tests, benches), "shards" (from `tokenlm tokenize`) or "multitask"
     shards: str = ""  # shard folder (relative: under ~/.cache/tokenlm)
     seq_len: int = 256  # positions per row
     batch_size: int = 8  # rows per micro-batch (per process)
@@ -47,6 +47,9 @@ class DataConfig:
     synthetic_n_q: int = 2
     synthetic_codebook_size: int = 64
     text_size: int = 0  # text pieces (0 when no sentencepiece model is used)
+    # multitask: the share of rows of each task (names of tokenlm.tasks), and the longest voice prompt
+    tasks: dict = field(default_factory=dict)
+    max_prompt_seconds: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,13 @@ class TrainConfig:
 
 class BatchSource:
     """``batch(index, split) -> {"inputs", "targets", "loss_mask"}``, a pure function of its arguments."""
+
+    def __new__(cls, cfg: TrainConfig):
+        if cfg.data.source == "multitask":  # task examples from the corpus shards (tokenlm.tasks.mixture)
+            from .tasks.mixture import MultitaskSource
+
+            return MultitaskSource(cfg)
+        return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.d = cfg, cfg.data
@@ -271,6 +281,7 @@ def save_checkpoint(run: Run) -> None:
             meta={"step": run.step, "name": run.cfg.name},
             state_dict=weights,
             pattern=run.cfg.data.pattern,
+            text_model=getattr(run.data, "text_model", None),
         )
         write_curves(run.out, run.history)
     acc.wait_for_everyone()
