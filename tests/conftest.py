@@ -27,8 +27,8 @@ def tone():
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     """An empty stand-in for ``tokenlm/weights`` (and its registry) that bundling writes to and loading reads."""
-    import tokenlm.codecs.bundle as codec_bundle
-    import tokenlm.codecs.semantic_bundle as semantic_bundle
+    import tokenlm.codecs.codec.bundle as codec_bundle
+    import tokenlm.codecs.semantic.bundle as semantic_bundle
 
     import tokenlm.pretrained as pretrained
 

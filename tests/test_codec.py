@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tokenlm.codecs.codec import Codec, CodecConfig, StreamingDecoder, StreamingEncoder
-from tokenlm.codecs.container import ContainerError, Header, Writer, pack_codes, read_blocks, read_header, unpack_codes
-from tokenlm.codecs.modules import ISTFTHead, overlap_add, widen_head
-from tokenlm.codecs.rvq import ResidualVQ
+from tokenlm.codecs.codec.model import Codec, CodecConfig, StreamingDecoder, StreamingEncoder
+from tokenlm.codecs.codec.container import ContainerError, Header, Writer, pack_codes, read_blocks, read_header, unpack_codes
+from tokenlm.codecs.codec.modules import ISTFTHead, overlap_add, widen_head
+from tokenlm.codecs.codec.rvq import ResidualVQ
 
 from tokenlm.checkpoint import save_model
 from tokenlm.config import to_dict
@@ -101,7 +101,7 @@ def test_widen_head_keeps_the_first_frame_and_shifts_the_second():
 
 def test_onnx_export_of_the_overlap_head_matches_torch(tmp_path, codec_ola2):
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.export import export, verify
+    from tokenlm.codecs.codec.export import export, verify
 
     export(codec_ola2, tmp_path)
     assert verify(codec_ola2, tmp_path, seconds=0.5)["decoder_max_abs_diff"] < 1e-4
@@ -271,7 +271,7 @@ def test_cli_compress_decompress(tmp_path, model_dir, codec):
 
 def test_onnx_export_matches_torch(tmp_path, codec):
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.export import export, verify
+    from tokenlm.codecs.codec.export import export, verify
 
     export(codec, tmp_path)
     r = verify(codec, tmp_path, seconds=0.5)
@@ -283,7 +283,7 @@ def test_onnx_int8_export_runs_like_the_codec(tmp_path, codec):
     """int8 export with an encoder for 2 codebooks: OnnxCodec has Codec's calls, shapes and lengths; the int8
     decoder stays close to PyTorch's; a folder without an export is refused."""
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.export import OnnxCodec, export, verify
+    from tokenlm.codecs.codec.export import OnnxCodec, export, verify
 
     from tokenlm.errors import TokenlmError
 
@@ -320,8 +320,8 @@ def test_bf16_inference_close_to_fp32(codec):
 def test_bench_measures_an_onnx_export(tmp_path, codec):
     """``tokenlm bench codec``'s worker runs an exported folder (fresh subprocess) and reports real-time factors."""
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.bench import measure
-    from tokenlm.codecs.export import export
+    from tokenlm.codecs.codec.bench import measure
+    from tokenlm.codecs.codec.export import export
 
     export(codec, tmp_path, n_q=2, int8=True)
     r = measure(1, "onnx", str(tmp_path), "2", repeats=1, seconds=0.2)
@@ -330,7 +330,7 @@ def test_bench_measures_an_onnx_export(tmp_path, codec):
 
 
 def test_export_cli_refuses_bad_input(tmp_path, capsys):
-    from tokenlm.codecs.export import main
+    from tokenlm.codecs.codec.export import main
 
     assert main(["no-such-model", "-o", str(tmp_path / "x")]) == 2
     assert main(["codec-16k", "-o", str(tmp_path / "y"), "--kbps", "1.7"]) == 2
@@ -340,7 +340,7 @@ def test_export_cli_refuses_bad_input(tmp_path, capsys):
 
 
 def test_log_spectral_loss_sees_noise_between_harmonics_that_mel_losses_barely_do():
-    from tokenlm.codecs.losses import LogSpectralLoss, MultiResolutionMelLoss
+    from tokenlm.codecs.codec.losses import LogSpectralLoss, MultiResolutionMelLoss
 
     torch.manual_seed(0)
     t = torch.arange(16000) / 16000

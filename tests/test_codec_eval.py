@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from tokenlm.codecs.codec import Codec, CodecConfig
-from tokenlm.codecs.evaluate import align, mel_distance, si_sdr, systems
+from tokenlm.codecs.codec.model import Codec, CodecConfig
+from tokenlm.codecs.codec.evaluate import align, mel_distance, si_sdr, systems
 
 
 def test_align_undoes_a_delay():
@@ -27,7 +27,7 @@ def test_si_sdr_and_mel_distance_rank_degradations():
 
 def test_systems_add_int8_rows(tmp_path):
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.export import OnnxCodec, export
+    from tokenlm.codecs.codec.export import OnnxCodec, export
 
     torch.manual_seed(0)
     codec = Codec(CodecConfig(dim=32, encoder_layers=1, decoder_layers=1, latent_dim=16, n_q=12, codebook_size=16))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tokenlm.codecs.train import TrainConfig, Trainer
+from tokenlm.codecs.codec.train import TrainConfig, Trainer
 
 from tokenlm.checkpoint import load_state
 from tokenlm.config import load_config
@@ -94,8 +94,8 @@ def test_training_reduces_loss(tmp_path, corpus, monkeypatch):
 
 
 def test_encodec_peer_trains_with_the_same_trainer(tmp_path, corpus, monkeypatch):
-    from tokenlm.codecs.peer import EncodecPeer, EncodecPeerConfig
-    from tokenlm.codecs.train import PeerTrainConfig
+    from tokenlm.codecs.codec.peer import EncodecPeer, EncodecPeerConfig
+    from tokenlm.codecs.codec.train import PeerTrainConfig
 
     from tokenlm import pretrained
 
@@ -156,7 +156,7 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     "name", ["tiny", "small", "base", "encodec_peer", "small_gan", "small_gan_mpd", "small_ola2", "small_logspec"]
 )
 def test_shipped_codec_configs_load(name):
-    from tokenlm.codecs.train import PeerTrainConfig
+    from tokenlm.codecs.codec.train import PeerTrainConfig
 
     from tokenlm.config import read_yaml
 
@@ -243,7 +243,7 @@ def test_warm_start_into_an_overlap_head_then_decoder_only_gan_with_period_discr
 
 
 def test_model_card_describes_the_adversarial_phase():
-    from tokenlm.codecs.bundle import model_card
+    from tokenlm.codecs.codec.bundle import model_card
 
     doc = {
         "config": {
@@ -301,7 +301,7 @@ def test_warm_start_continues_the_same_run_from_its_saved_model(tmp_path, corpus
 def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corpus, monkeypatch, weights_dir):
     import json
 
-    import tokenlm.codecs.bundle as cb
+    import tokenlm.codecs.codec.bundle as cb
 
     import tokenlm.pretrained as pretrained
 
@@ -335,7 +335,7 @@ def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corp
 def test_new_quantizer_settings_still_continue_the_committed_model():
     """A new dead-code threshold or EMA decay keeps the architecture (training continues the committed codec);
     a new width does not (training starts from scratch)."""
-    from tokenlm.codecs.train import architecture_diff
+    from tokenlm.codecs.codec.train import architecture_diff
 
     committed = {"dim": 256, "n_q": 12, "dead_threshold": 1.0, "ema_decay": 0.99}
     assert architecture_diff(committed, {**committed, "dead_threshold": 0.1, "ema_decay": 0.9}) == []
@@ -347,7 +347,7 @@ def test_new_quantizer_settings_still_continue_the_committed_model():
 
 
 def test_shipped_small_config_continues_the_bundled_codec():
-    from tokenlm.codecs.train import architecture_diff
+    from tokenlm.codecs.codec.train import architecture_diff
 
     from tokenlm.checkpoint import read_model_config
     from tokenlm.config import to_dict
@@ -360,7 +360,7 @@ def test_shipped_small_config_continues_the_bundled_codec():
 def test_peer_data_dependent_init_spreads_the_latents():
     """PyTorch's default init leaves a SEANet encoder's latents nearly constant over time (codebook collapse);
     weight norm's data-dependent init gives unit-variance latents and output at the input's level."""
-    from tokenlm.codecs.peer import EncodecPeer, EncodecPeerConfig
+    from tokenlm.codecs.codec.peer import EncodecPeer, EncodecPeerConfig
 
     torch.manual_seed(0)
     peer = EncodecPeer(EncodecPeerConfig(num_filters=8))
@@ -381,9 +381,9 @@ def test_cli_continues_the_committed_codec_unless_told_to_start_from_scratch(
 ):
     import types
 
-    import tokenlm.codecs.bundle as cb
+    import tokenlm.codecs.codec.bundle as cb
     import yaml
-    from tokenlm.codecs import train as codec_train
+    from tokenlm.codecs.codec import train as codec_train
 
     from tokenlm.config import to_dict
 
@@ -435,7 +435,7 @@ def test_discriminator_logits_depend_on_the_input_at_corpus_loudness():
     """At -23 LUFS (RMS ~0.05) two different clips must get clearly different logits from a fresh discriminator,
     or real and fake look alike and the hinge loss sits at chance. PyTorch's default init gave relative
     differences of 0.01-0.04 (bias-dominated logits); input gain 10 and zero biases give 0.3-0.7."""
-    from tokenlm.codecs.discriminators import Discriminators
+    from tokenlm.codecs.codec.discriminators import Discriminators
 
     torch.manual_seed(0)
     disc = Discriminators((8, 16), 4)

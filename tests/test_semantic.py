@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenlm.codecs.semantic import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from tokenlm.codecs.semantic_data import build_espeak_corpus, is_held_out_voice, read_phones, say
-from tokenlm.codecs.semantic_eval import dedup, edit_distance, pnmi_stats, speaker_invariance
-from tokenlm.codecs.semantic_train import SemanticTrainConfig, train
+from tokenlm.codecs.semantic.model import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
+from tokenlm.codecs.semantic.targets import build_espeak_corpus, is_held_out_voice, read_phones, say
+from tokenlm.codecs.semantic.evaluate import dedup, edit_distance, pnmi_stats, speaker_invariance
+from tokenlm.codecs.semantic.train import SemanticTrainConfig, train
 
 from tokenlm.checkpoint import load_state
 from tokenlm.cli import main
@@ -217,7 +217,7 @@ def test_cli_train_and_eval(corpus, tmp_path, capsys):
 
 
 def test_bundle_fp16_with_card(tmp_path, monkeypatch, weights_dir):
-    import tokenlm.codecs.semantic_bundle as sb
+    import tokenlm.codecs.semantic.bundle as sb
 
     import tokenlm.pretrained as pretrained
     from tokenlm.checkpoint import save_model
@@ -296,7 +296,7 @@ def test_two_process_ddp_training_on_cpu(corpus, tmp_path):
 
 
 def test_vtlp_warp_moves_spectra_along_frequency():
-    from tokenlm.codecs.semantic import warp_frequency
+    from tokenlm.codecs.semantic.model import warp_frequency
 
     power = torch.rand(2, 257, 5)
     same = warp_frequency(power, torch.ones(2))
@@ -317,8 +317,8 @@ def test_vtlp_reaches_the_students_input_only(tmp_path):
 
 def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
     """The floor's k-means sees training clips like the model's units do: never a held-out voice or a stub."""
-    from tokenlm.codecs.semantic_data import EVAL_ACCENTS, TRAIN_ACCENTS
-    from tokenlm.codecs.semantic_eval import baseline_fit_rows
+    from tokenlm.codecs.semantic.targets import EVAL_ACCENTS, TRAIN_ACCENTS
+    from tokenlm.codecs.semantic.evaluate import baseline_fit_rows
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path))  # no corpus built: espeak rows only
     rows = [
@@ -339,7 +339,7 @@ def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
 
 
 def test_phone_probe_reads_phones_from_informative_features_only():
-    from tokenlm.codecs.semantic_eval import context_frames, phone_probe
+    from tokenlm.codecs.semantic.evaluate import context_frames, phone_probe
 
     rng = np.random.default_rng(0)
     phones = ["a", "b", "c", "d"]

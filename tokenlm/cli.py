@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress",
         "compress audio to a .tlm token file",
         "tokenlm compress speech.wav -o speech.tlm --kbps 1.5",
-        "tokenlm.codecs.compress:cli_compress",
+        "tokenlm.codecs.codec.compress:cli_compress",
         _compress_args,
     )
     _parser(
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "decompress",
         "decode a .tlm token file to audio",
         "tokenlm decompress speech.tlm -o speech.wav",
-        "tokenlm.codecs.compress:cli_decompress",
+        "tokenlm.codecs.codec.compress:cli_decompress",
         _decompress_args,
     )
     _parser(
@@ -307,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
             "codec": (
                 "train the RVQ codec",
                 "tokenlm train codec --config codec/small --max-minutes 60",
-                "tokenlm.codecs.train:cli",
+                "tokenlm.codecs.codec.train:cli",
                 _train_args("codec/small"),
             ),
             "semantic": (
                 "train the semantic tokenizer",
                 "tokenlm train semantic --config semantic/small",
-                "tokenlm.codecs.semantic_train:cli",
+                "tokenlm.codecs.semantic.train:cli",
                 _train_args("semantic/small"),
             ),
             "lm": (
@@ -332,13 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
             "codec": (
                 "codec vs Opus, Codec2 and EnCodec",
                 "tokenlm eval codec --json",
-                "tokenlm.codecs.evaluate:cli",
+                "tokenlm.codecs.codec.evaluate:cli",
                 _codec_eval_args,
             ),
             "semantic": (
                 "semantic units: PNMI, purity, speaker invariance",
                 "tokenlm eval semantic --json",
-                "tokenlm.codecs.semantic_eval:cli",
+                "tokenlm.codecs.semantic.evaluate:cli",
                 _semantic_eval_args,
             ),
             "asr": (
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
             "codec": (
                 "codec encode/decode real-time factor",
                 "tokenlm bench codec --json",
-                "tokenlm.codecs.bench:cli",
+                "tokenlm.codecs.codec.bench:cli",
                 _bench_args,
             ),
             "rvq": (

@@ -25,9 +25,9 @@ REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 # kind -> "module:Class"; the class has ``config_class`` and ``__init__(config)``, or a
 # ``from_folder(folder, doc)`` classmethod when it needs more than the weights (e.g. a text tokenizer).
 BUILDERS: dict[str, str] = {
-    "codec": "tokenlm.codecs.codec:Codec",
-    "encodec-peer": "tokenlm.codecs.peer:EncodecPeer",
-    "semantic": "tokenlm.codecs.semantic:SemanticTokenizer",
+    "codec": "tokenlm.codecs.codec.model:Codec",
+    "encodec-peer": "tokenlm.codecs.codec.peer:EncodecPeer",
+    "semantic": "tokenlm.codecs.semantic.model:SemanticTokenizer",
     "lm": "tokenlm.model:TokenLM",
 }
 

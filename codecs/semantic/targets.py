@@ -24,7 +24,7 @@ from tokenlm.corpus.espeak import Espeak
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_write_text, cache_dir, progress
 
-from .audio import load_audio, resample, save_audio
+from ..audio import load_audio, resample, save_audio
 
 TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "belinda", "david")

@@ -18,7 +18,7 @@ import torch
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_path, cache_dir, log, progress
 
-from .audio import AudioError, load_audio
+from ..audio import AudioError, load_audio
 
 
 @dataclass(frozen=True)

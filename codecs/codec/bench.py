@@ -26,7 +26,7 @@ threads, which, model, seconds, repeats, n_q, precision = sys.argv[1:8]
 torch.set_num_threads(int(threads)); seconds = float(seconds)
 if which == "tokenlm":
     from tokenlm import pretrained
-    from tokenlm.codecs.codec import Codec, CodecConfig
+    from tokenlm.codecs.codec.model import Codec, CodecConfig
     try:
         m = pretrained.load(model)
     except Exception:
@@ -35,7 +35,7 @@ if which == "tokenlm":
     m.precision = precision  # the codec's own autocast (an outer one would be switched off inside it)
     enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
 elif which == "onnx":
-    from tokenlm.codecs.export import OnnxCodec
+    from tokenlm.codecs.codec.export import OnnxCodec
     m = OnnxCodec(model, threads=int(threads)); sr = m.sample_rate
     enc = lambda x: m.encode(x, int(n_q)); dec = lambda c: m.decode(c)
 else:

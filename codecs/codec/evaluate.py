@@ -25,7 +25,7 @@ import torch
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_write_text, cache_dir, log, progress
 
-from .audio import load_audio, resample
+from ..audio import load_audio, resample
 
 SR = 16000
 System = Callable[[np.ndarray], np.ndarray]

@@ -25,7 +25,7 @@ from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, 
 from tokenlm.config import load_config, to_dict
 from tokenlm.utils import StopRequest, cache_dir, log, progress, resolve_precision
 
-from .codec import Codec, CodecConfig
+from .model import Codec, CodecConfig
 from .dataset import DataConfig, build_sampler
 from .discriminators import Discriminators
 from .losses import (
@@ -393,7 +393,7 @@ class HeldOutProbe:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
         from tokenlm.corpus.manifest import load_clips
 
-        from .audio import load_audio
+        from ..audio import load_audio
 
         self.cfg, self.run_dir = cfg, run_dir
         clips = [c for c in load_clips(cfg.data.root, kinds=["speech_real"], split="eval") if c.duration >= 2.0]

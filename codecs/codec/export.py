@@ -11,7 +11,7 @@ about twice the multiply rate of fp32). Projections, DFT bases and the RVQ searc
 ``OnnxCodec`` runs an exported folder with the ``encode``/``decode`` calls of ``Codec``, so the eval and the
 bench measure it exactly like the PyTorch model.
 
-    python -m tokenlm.codecs.export codec-16k -o codec-onnx/ [--int8] [--kbps 1.5]
+    python -m tokenlm.codecs.codec.export codec-16k -o codec-onnx/ [--int8] [--kbps 1.5]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_write_text
 
-from .codec import Codec
+from .model import Codec
 from .modules import frame_signal, frames_for, overlap_add
 
 META_FILE = "onnx.json"

@@ -25,8 +25,8 @@ import torch
 from tokenlm.corpus.phones import frame_labels
 from tokenlm.utils import atomic_write_text
 
-from .semantic import SemanticConfig, kmeans, nearest
-from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows, voice_name
+from .model import SemanticConfig, kmeans, nearest
+from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
 SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-invariance keys
@@ -115,7 +115,7 @@ def model_units(model, clips: list[Clip]) -> list[np.ndarray]:
 @torch.no_grad()
 def mfcc_units(cfg: SemanticConfig, train: list[Clip], clips: list[Clip], k: int) -> list[np.ndarray]:
     """MFCC k-means baseline: ``k`` centroids fitted on training clips, applied to ``clips``."""
-    from .semantic import LogMel, mfcc_features
+    from .model import LogMel, mfcc_features
 
     logmel = LogMel(cfg)
     feats = lambda c: mfcc_features(logmel(torch.from_numpy(c.samples)[None]))[0]  # noqa: E731
@@ -168,7 +168,7 @@ def context_frames(f: torch.Tensor, k: int = 4) -> torch.Tensor:
 @torch.no_grad()
 def probes(model, train: list[Clip], clips: list[Clip]) -> dict:
     """``phone_probe`` on the model's unit layer and, as its floor, on MFCC + deltas with +-4 frames of context."""
-    from .semantic import LogMel, mfcc_features
+    from .model import LogMel, mfcc_features
 
     cfg = model.cfg
     logmel = LogMel(cfg)

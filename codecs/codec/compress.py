@@ -19,8 +19,8 @@ from tokenlm.checkpoint import WEIGHTS_FILE, sha256_file
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_path, log, progress
 
-from .audio import AudioError, load_audio
-from .codec import Codec, StreamingDecoder, StreamingEncoder
+from ..audio import AudioError, load_audio
+from .model import Codec, StreamingDecoder, StreamingEncoder
 from .container import Header, Writer, bitrate_of, read_blocks, read_header
 
 CHUNK_SECONDS = 10.0
@@ -85,7 +85,7 @@ def _ffmpeg_stream(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
 
 
 def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5, precision: str = "fp32") -> Header:
-    from .audio import _check_path
+    from ..audio import _check_path
 
     _check_path(Path(inp))  # bad input is reported before the model is loaded
     codec, mhash = load_codec(model, precision)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .codec import CodecOutput, quantize
+from .model import CodecOutput, quantize
 from .rvq import ResidualVQ
 
 

@@ -1,7 +1,7 @@
 """Bundle a trained semantic tokenizer as ``tokenlm/weights/<name>`` (fp16) with a model card.
 
 Used once per release, by hand:
-``python -m tokenlm.codecs.semantic_bundle RUN/model EVAL_DIR/semantic_eval.json "training notes" EVAL_DIR/units.png``.
+``python -m tokenlm.codecs.semantic.bundle RUN/model EVAL_DIR/semantic_eval.json "training notes" EVAL_DIR/units.png``.
 The card's numbers come from the eval report passed in (``tokenlm eval semantic --json``), never typed.
 """
 

@@ -1,6 +1,6 @@
 """Bundle a trained codec run as ``tokenlm/weights/<name>`` (fp16 safetensors + config + model card).
 
-    python -m tokenlm.codecs.bundle ~/.cache/tokenlm/runs/codec-small --eval eval/codec_eval.json
+    python -m tokenlm.codecs.codec.bundle ~/.cache/tokenlm/runs/codec-small --eval eval/codec_eval.json
 
 The model card records the data, the training time and steps from the run, and the held-out table of
 ``tokenlm eval codec`` (run it on the fp16 model after bundling and pass ``--eval`` again to refresh it).
@@ -106,8 +106,8 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
         if any(k.startswith("tokenlm-int8@") for k in eval_results.get("systems", {})):
             lines += [
                 "`tokenlm-int8` rows: the same weights exported to ONNX with int8 ConvNeXt MLPs "
-                "(`python -m tokenlm.codecs.export codec-16k -o DIR --int8`), run by onnxruntime "
-                "(`tokenlm.codecs.export.OnnxCodec`): the fast path on CPUs without native bf16.",
+                "(`python -m tokenlm.codecs.codec.export codec-16k -o DIR --int8`), run by onnxruntime "
+                "(`tokenlm.codecs.codec.export.OnnxCodec`): the fast path on CPUs without native bf16.",
                 "",
             ]
         lines += [

@@ -34,8 +34,8 @@ from tokenlm.config import load_config, to_dict
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import StopRequest, cache_dir, resolve_precision
 
-from .semantic import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from .semantic_data import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
+from .model import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
+from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
 
 log = logging.getLogger("tokenlm.semantic")
 STATE_FILE = "state.safetensors"
@@ -421,7 +421,7 @@ def _log_line(out: Path, step: int, avg: dict, seconds: float) -> None:
 @torch.no_grad()
 def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select: int = 150) -> Path:
     """Choose the unit layer by PNMI on *training* voices, fit the unit k-means there, save the model."""
-    from .semantic_eval import clip_labels, pnmi_stats
+    from .evaluate import clip_labels, pnmi_stats
 
     model = run.raw.eval()
     k = run.cfg.model.codebook_size

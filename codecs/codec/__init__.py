@@ -1,0 +1,1 @@
+"""The RVQ codec: model, quantizer, container format, training, evaluation, export and bundling."""

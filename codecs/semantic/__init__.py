@@ -1,0 +1,1 @@
+"""The semantic tokenizer: model, k-means targets, training, evaluation and bundling."""
