@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tokenlm.codecs.codec.container import (
+    ContainerError,
+    Header,
+    Writer,
+    pack_codes,
+    read_blocks,
+    read_header,
+    unpack_codes,
+)
 from tokenlm.codecs.codec.model import Codec, CodecConfig, StreamingDecoder, StreamingEncoder
-from tokenlm.codecs.codec.container import ContainerError, Header, Writer, pack_codes, read_blocks, read_header, unpack_codes
 from tokenlm.codecs.codec.modules import ISTFTHead, overlap_add, widen_head
 from tokenlm.codecs.codec.rvq import ResidualVQ
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from tokenlm.codecs.codec.model import Codec, CodecConfig
 from tokenlm.codecs.codec.evaluate import align, mel_distance, si_sdr, systems
+from tokenlm.codecs.codec.model import Codec, CodecConfig
 
 
 def test_align_undoes_a_delay():

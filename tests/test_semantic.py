@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenlm.codecs.semantic.model import SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
-from tokenlm.codecs.semantic.targets import build_espeak_corpus, is_held_out_voice, read_phones, say
+from tokenlm.codecs.kmeans import kmeans, nearest
 from tokenlm.codecs.semantic.evaluate import dedup, edit_distance, pnmi_stats, speaker_invariance
+from tokenlm.codecs.semantic.model import SemanticConfig, SemanticTokenizer, mfcc_features, span_mask
+from tokenlm.codecs.semantic.targets import build_espeak_corpus, is_held_out_voice, read_phones, say
 from tokenlm.codecs.semantic.train import SemanticTrainConfig, train
 
 from tokenlm.checkpoint import load_state
@@ -73,7 +74,7 @@ def test_kmeans_recovers_separated_blobs():
     for k in range(4):  # each blob maps to one cluster
         assert (assign[truth == k] == assign[truth == k][0]).all()
     with pytest.raises(TokenlmError):
-        kmeans(x[:3], 4)
+        kmeans(x[:3], 4, batch_size=256)
 
 
 def test_span_mask_makes_spans():
@@ -317,8 +318,8 @@ def test_vtlp_reaches_the_students_input_only(tmp_path):
 
 def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
     """The floor's k-means sees training clips like the model's units do: never a held-out voice or a stub."""
-    from tokenlm.codecs.semantic.targets import EVAL_ACCENTS, TRAIN_ACCENTS
     from tokenlm.codecs.semantic.evaluate import baseline_fit_rows
+    from tokenlm.codecs.semantic.targets import EVAL_ACCENTS, TRAIN_ACCENTS
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path))  # no corpus built: espeak rows only
     rows = [

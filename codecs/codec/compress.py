@@ -20,8 +20,8 @@ from tokenlm.errors import TokenlmError
 from tokenlm.utils import atomic_path, log, progress
 
 from ..audio import AudioError, load_audio
-from .model import Codec, StreamingDecoder, StreamingEncoder
 from .container import Header, Writer, bitrate_of, read_blocks, read_header
+from .model import Codec, StreamingDecoder, StreamingEncoder
 
 CHUNK_SECONDS = 10.0
 LONG_FILE_SECONDS = 1200.0  # longer inputs are decoded by ffmpeg in a stream instead of loaded whole

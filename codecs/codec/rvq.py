@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..kmeans import kmeans
+
 
 @dataclass
 class QuantizedResult:
@@ -149,21 +151,3 @@ class ResidualVQ(nn.Module):
             self.ema_count[k] = 1.0
             residual -= centroids[codes[:, 0]]
         self.initialized.fill_(True)
-
-
-def kmeans(x: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
-    """Lloyd's k-means on ``x [N, D]`` -> centroids ``[k, D]``; empty clusters are re-seeded from the data."""
-    N, D = x.shape
-    centroids = x[torch.randperm(N, device=x.device)[:k]].clone()
-    if N < k:
-        centroids = torch.cat([centroids, x[torch.randint(0, N, (k - N,))] + 1e-3 * torch.randn(k - N, D)])
-    for _ in range(iters):
-        codes, _ = _encode_fallback(x, centroids[None], centroids.pow(2).sum(-1)[None])
-        assign = codes[:, 0]
-        counts = torch.bincount(assign, minlength=k).float()
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        empty = counts == 0
-        centroids = torch.where(
-            empty[:, None], x[torch.randint(0, N, (k,), device=x.device)], sums / counts.clamp_min(1)[:, None]
-        )
-    return centroids

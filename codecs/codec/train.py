@@ -25,7 +25,6 @@ from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, 
 from tokenlm.config import load_config, to_dict
 from tokenlm.utils import StopRequest, cache_dir, log, progress, resolve_precision
 
-from .model import Codec, CodecConfig
 from .dataset import DataConfig, build_sampler
 from .discriminators import Discriminators
 from .losses import (
@@ -37,6 +36,7 @@ from .losses import (
     hinge_d_loss,
     hinge_g_loss,
 )
+from .model import Codec, CodecConfig
 from .modules import ISTFTHead, widen_head
 from .peer import EncodecPeer, EncodecPeerConfig
 

@@ -25,7 +25,8 @@ import torch
 from tokenlm.corpus.phones import frame_labels
 from tokenlm.utils import atomic_write_text
 
-from .model import SemanticConfig, kmeans, nearest
+from ..kmeans import kmeans, nearest
+from .model import KMEANS_BATCH, SemanticConfig
 from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
@@ -119,7 +120,7 @@ def mfcc_units(cfg: SemanticConfig, train: list[Clip], clips: list[Clip], k: int
 
     logmel = LogMel(cfg)
     feats = lambda c: mfcc_features(logmel(torch.from_numpy(c.samples)[None]))[0]  # noqa: E731
-    cents = kmeans(torch.cat([feats(c) for c in train]), k, iters=10)
+    cents = kmeans(torch.cat([feats(c) for c in train]), k, iters=10, batch_size=KMEANS_BATCH)
     return [nearest(feats(c), cents).numpy() for c in clips]
 
 

@@ -22,6 +22,11 @@ from torch import nn
 
 from tokenlm.errors import TokenlmError
 
+from ..kmeans import nearest
+
+# frames per mini-batch step when fitting the k-means of targets and units (``tokenlm.codecs.kmeans``)
+KMEANS_BATCH = 8192
+
 
 @dataclass(frozen=True)
 class SemanticConfig:
@@ -130,58 +135,6 @@ def mfcc_features(logmel: torch.Tensor, n_mfcc: int = 13) -> torch.Tensor:
     d1 = deltas(c)
     feats = torch.cat([c, d1, deltas(d1)], dim=1)
     return rearrange(cmvn(feats), "b d t -> b t d")
-
-
-# --------------------------------------------------------------------------- k-means
-
-
-def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Index of the nearest centroid (squared L2) for each row of ``x [N, D]`` -> ``[N]`` int64."""
-    c2 = (centroids**2).sum(1)
-    out = [((-2.0 * xs @ centroids.T) + c2).argmin(1) for xs in x.split(chunk)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, batch_size: int = 8192, seed: int = 0) -> torch.Tensor:
-    """Mini-batch k-means (Sculley, 2010) in torch: ``x [N, D]`` -> centroids ``[k, D]``.
-
-    k-means++ initialisation on a subsample, then ``iters`` passes of mini-batches where each centroid
-    moves towards its assigned points with a per-centroid rate ``1 / count``; centroids that stay empty
-    are re-seeded from random points so that every unit is used.
-    """
-    N = x.shape[0]
-    if N < k:
-        raise TokenlmError(f"k-means needs at least {k} frames, got {N}")
-    g = torch.Generator().manual_seed(seed)
-    x = x.float()
-    c = _kmeans_pp(x[torch.randperm(N, generator=g)[: min(N, 20 * k)]], k, g)
-    counts = torch.zeros(k)
-    for _ in range(iters):
-        hits = torch.zeros(k)
-        for idx in torch.randperm(N, generator=g).split(batch_size):
-            xb = x[idx]
-            a = nearest(xb, c)
-            n = torch.bincount(a, minlength=k).float()
-            sums = torch.zeros_like(c).index_add_(0, a, xb)
-            counts += n
-            hits += n
-            rate = (n / counts.clamp(min=1))[:, None]
-            c = c + rate * (sums / n.clamp(min=1)[:, None] - c) * (n > 0)[:, None]
-        dead = hits == 0
-        if dead.any():
-            c[dead] = x[torch.randint(N, (int(dead.sum()),), generator=g)]
-            counts[dead] = 0
-    return c
-
-
-def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    c = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
-    d2 = ((x - c[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        i = torch.multinomial(d2 / d2.sum().clamp(min=1e-12) + 1e-12, 1, generator=g)
-        c.append(x[i].squeeze(0))
-        d2 = torch.minimum(d2, ((x - c[-1]) ** 2).sum(1))
-    return torch.stack(c)
 
 
 # --------------------------------------------------------------------------- encoder

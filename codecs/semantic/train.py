@@ -34,7 +34,8 @@ from tokenlm.config import load_config, to_dict
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import StopRequest, cache_dir, resolve_precision
 
-from .model import LogMel, SemanticConfig, SemanticTokenizer, kmeans, mfcc_features, nearest, span_mask
+from ..kmeans import kmeans, nearest
+from .model import KMEANS_BATCH, LogMel, SemanticConfig, SemanticTokenizer, mfcc_features, span_mask
 from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
 
 log = logging.getLogger("tokenlm.semantic")
@@ -229,7 +230,7 @@ def make_targets(cfg: SemanticTrainConfig, clips: list[Clip], teacher: SemanticT
         t = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, torch.zeros(0))
     feats = frame_features(t.features, clips, cfg.kmeans_clips)
     log.info("fitting %d target clusters on %d frames (iteration %d)", k, len(feats), cfg.iteration)
-    t.centroids = kmeans(feats, k, iters=cfg.kmeans_iters)
+    t.centroids = kmeans(feats, k, iters=cfg.kmeans_iters, batch_size=KMEANS_BATCH)
     return t
 
 
@@ -431,7 +432,7 @@ def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select
     scores, cents = {}, {}
     for layer in range(1, run.cfg.model.n_layers + 1):
         fn = lambda w, layer=layer: model.features(w, layer)  # noqa: E731
-        cents[layer] = kmeans(frame_features(fn, fit, n_fit), k, iters=run.cfg.kmeans_iters)
+        cents[layer] = kmeans(frame_features(fn, fit, n_fit), k, iters=run.cfg.kmeans_iters, batch_size=KMEANS_BATCH)
         if labelled:
             units = [nearest(fn(torch.from_numpy(c.samples)[None])[0], cents[layer]).numpy() for c in labelled]
             labels = [clip_labels(c, len(u), run.cfg.model) for c, u in zip(labelled, units)]
