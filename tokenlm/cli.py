@@ -89,12 +89,22 @@ def _in_model(p, model: str):
     p.add_argument("--model", default=model, help=f"bundled model name or folder (default {model})")
 
 
-def _tts_args(p):
+def _asr_args(p):
+    _in_model(p, "tokenlm-small")
+    p.add_argument("--json", action="store_true", help="print JSON (text, language, windows) instead of the text")
+
+
+def _tts_args(p, voice_required: bool = False):
     p.add_argument("text", help="text to speak")
     p.add_argument("-o", "--output", required=True, help="output .wav")
-    p.add_argument("--voice", default=None, help="a few seconds of a voice to clone (zero-shot)")
-    p.add_argument("--model", default="lm-small")
+    p.add_argument(
+        "--voice", required=voice_required, default=None, help="1-4 s of a voice to clone (zero-shot); longer clips are cut"
+    )
+    p.add_argument("--voice-text", default=None, help="transcript of the voice clip (default: the model transcribes it)")
+    p.add_argument("--language", default="en", help="language of the text (ISO 639-1, default en)")
+    p.add_argument("--model", default="tokenlm-small", help="bundled LM name or folder (default tokenlm-small)")
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
 
 
 def _separate_args(p):
@@ -128,8 +138,13 @@ def _data_stats_args(p):
 
 
 def _tokenize_args(p):
-    p.add_argument("manifest", help="JSONL manifest (from `tokenlm data build`)")
+    p.add_argument("manifest", nargs="?", help="JSONL manifest (from `tokenlm data build`)")
     p.add_argument("-o", "--output", required=True, help="output shard folder")
+    p.add_argument(
+        "--corpus", action="store_true", help="every part of the built corpus, one shard folder each, + text model"
+    )
+    p.add_argument("--parts", nargs="*", default=None, help="with --corpus: only these parts")
+    p.add_argument("--text-pieces", type=int, default=2000, help="with --corpus: sentencepiece vocabulary size")
     p.add_argument("--codec", default="codec-16k", help="codec model (name or folder)")
     p.add_argument("--semantic", action="store_true", help="also write semantic units")
     p.add_argument("--semantic-model", default="semantic-16k")
@@ -229,16 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
         "asr",
         "transcribe speech",
         "tokenlm asr speech.wav",
-        "tokenlm.tasks.asr:cli",
-        lambda p: _in_model(p, "lm-small"),
+        "tokenlm.tasks.commands:cli_asr",
+        _asr_args,
     )
     _parser(
         sub,
         "tts",
         "speak text, optionally in the voice of a prompt clip",
         'tokenlm tts "Hello there." -o hello.wav --voice prompt.wav',
-        "tokenlm.tasks.tts:cli",
+        "tokenlm.tasks.commands:cli_tts",
         _tts_args,
+    )
+    _parser(
+        sub,
+        "clone",
+        "speak text in the voice of a prompt clip (zero-shot voice cloning)",
+        'tokenlm clone "Hello there." --voice prompt.wav -o hello.wav',
+        "tokenlm.tasks.commands:cli_tts",
+        lambda p: _tts_args(p, voice_required=True),
     )
     _parser(
         sub,
@@ -295,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "tokenize",
         "turn a manifest into token shards",
-        "tokenlm tokenize train.jsonl -o shards/ --semantic",
+        "tokenlm tokenize --corpus -o ~/.cache/tokenlm/shards/multitask",
         "tokenlm.data:cli_tokenize",
         _tokenize_args,
     )

@@ -15,6 +15,7 @@ The folder is written under a temporary name and renamed, so a killed run leaves
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ import numpy as np
 import torch
 
 from .errors import TokenlmError
+from .utils import log
 
 META, CODES, SEMANTIC, INDEX = "meta.json", "codes.u16", "semantic.u16", "index.jsonl"
+TEXT_MODEL = "text.model"  # the sentencepiece model beside a corpus's shard folders
 
 
 @dataclass(frozen=True)
@@ -172,20 +175,46 @@ def pack_rows(
 # --------------------------------------------------------------------------- tokenize
 
 
-def tokenize_clips(clips: Iterable[Any], codec: Any, semantic: Any | None = None):
-    """Yield ``(info, codes [K, T], units [T'] or None)`` per clip; tokenizers follow AudioTokenizer."""
+def tokenize_clips(clips: Iterable[Any], codec: Any, semantic: Any | None = None, batch_seconds: float = 20.0):
+    """Yield ``(info, codes [K, T], units [T'] or None)`` per clip, in order; tokenizers follow AudioTokenizer.
+
+    The codec encodes clips in batches of up to ``batch_seconds`` of audio, zero-padded at the end: it is
+    causal, so a clip's codes do not depend on what follows (tested: batched == one by one). The semantic
+    tokenizer attends both ways, so it encodes each clip alone.
+    """
     from .codecs.audio import load_audio
 
-    for clip in clips:
-        info = clip.to_json() if hasattr(clip, "to_json") else dict(clip)
-        wav = load_audio(info["path"], codec.sample_rate, channels=1).samples  # [1, N]
+    def load(info, tok):
+        return np.asarray(load_audio(info["path"], tok.sample_rate, channels=1).samples[0], dtype=np.float32)
+
+    def encode(tok, wavs):
+        n = max(w.size for w in wavs)
+        x = torch.zeros(len(wavs), 1, n)
+        for i, w in enumerate(wavs):
+            x[i, 0, : w.size] = torch.from_numpy(w)
         with torch.inference_mode():
-            codes = codec.encode(torch.from_numpy(np.asarray(wav))[None].float())[0]  # [K, T]
-            units = None
-            if semantic is not None:
-                w = load_audio(info["path"], semantic.sample_rate, channels=1).samples
-                units = semantic.encode(torch.from_numpy(np.asarray(w))[None].float())[0, 0]
-        yield info, codes.cpu().numpy(), None if units is None else units.cpu().numpy()
+            out = tok.encode(x)  # [B, K, T]
+        hop = tok.sample_rate / tok.frame_rate
+        return [out[i, :, : math.ceil(w.size / hop - 1e-9)] for i, w in enumerate(wavs)]
+
+    batch: list[dict] = []
+
+    def flush():
+        wavs = [load(info, codec) for info in batch]
+        codes = encode(codec, wavs)
+        units = [None] * len(batch)
+        if semantic is not None:
+            units = [encode(semantic, [load(info, semantic)])[0][0] for info in batch]
+        for info, c, u in zip(batch, codes, units):
+            yield info, c.cpu().numpy(), None if u is None else u.cpu().numpy()
+
+    for clip in clips:
+        batch.append(clip.to_json() if hasattr(clip, "to_json") else dict(clip))
+        if sum(float(b.get("duration") or 0.0) for b in batch) >= batch_seconds or len(batch) >= 64:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
 
 
 def tokenizer_meta(codec: Any, semantic: Any | None, codec_name: str, semantic_name: str | None) -> dict:
@@ -205,18 +234,73 @@ def tokenizer_meta(codec: Any, semantic: Any | None, codec_name: str, semantic_n
     return meta
 
 
+def tokenize_corpus(
+    out: str | os.PathLike,
+    codec_name: str = "codec-16k",
+    semantic_name: str | None = None,
+    parts: Iterable[str] | None = None,
+    text_pieces: int = 2000,
+    data_root: str | os.PathLike | None = None,
+) -> Path:
+    """Token shards of a built corpus, for multitask training: ``out/<part>/`` per corpus part and
+    ``out/text.model``, the sentencepiece model of the training transcripts (all languages).
+
+    Resumable by part: a part whose shard folder exists (written by the same codec) is kept; a part is
+    written under a temporary name, so a killed run leaves no half folder.
+    """
+    from .corpus.manifest import PARTS, manifest_path, read_manifest
+    from .pretrained import load
+    from .utils import progress
+    from .vocab import train_sentencepiece
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = load(codec_name)
+    semantic = load(semantic_name) if semantic_name else None
+    meta = tokenizer_meta(codec, semantic, codec_name, semantic_name)
+    texts: list[str] = []
+    for part in parts or PARTS:
+        path = manifest_path(data_root, part)
+        if not path.is_file():
+            log.warning("tokenize: no %s manifest (skipped)", part)
+            continue
+        clips = read_manifest(path)
+        texts += [c.text for c in clips if c.text and c.split == "train" and c.kind.startswith("speech")]
+        folder = out / part
+        if (folder / META).is_file() and json.loads((folder / META).read_text()).get("codec") == codec_name:
+            log.info("tokenize: %s is done (%s)", part, folder)
+            continue
+        items = tokenize_clips(progress(clips, desc=f"tokenize {part}", unit="clip"), codec, semantic)
+        write_shards(folder, items, meta)
+    if not (out / TEXT_MODEL).is_file():
+        tmp = out / f".text.{os.getpid()}"
+        model = train_sentencepiece(texts, tmp, vocab_size=text_pieces)
+        os.replace(model, out / TEXT_MODEL)
+        for leftover in out.glob(f".text.{os.getpid()}*"):
+            leftover.unlink()
+    return out
+
+
+
 def cli_tokenize(args) -> int:
-    """``tokenlm tokenize MANIFEST -o SHARDS [--codec C] [--semantic]``."""
+    """``tokenlm tokenize MANIFEST -o SHARDS [--codec C] [--semantic]`` or ``tokenlm tokenize --corpus -o ROOT``."""
     from .corpus.manifest import read_manifest
     from .pretrained import load
     from .utils import progress
 
+    semantic_name = args.semantic_model if args.semantic else None
+    if args.corpus:
+        folder = tokenize_corpus(Path(args.output), args.codec, semantic_name, args.parts or None, args.text_pieces)
+        print(f"wrote token shards and {TEXT_MODEL} to {folder}")
+        return 0
+    if not args.manifest:
+        raise TokenlmError("give a MANIFEST, or --corpus for every part of the built corpus")
     clips = read_manifest(args.manifest)
     if not clips:
         raise TokenlmError(f"{args.manifest}: empty manifest")
     codec = load(args.codec)
-    semantic = load(args.semantic_model) if args.semantic else None
-    meta = tokenizer_meta(codec, semantic, args.codec, args.semantic_model if args.semantic else None)
+    semantic = load(semantic_name) if semantic_name else None
+    meta = tokenizer_meta(codec, semantic, args.codec, semantic_name)
     items = tokenize_clips(progress(clips, desc="tokenize", unit="clip"), codec, semantic)
     out = write_shards(args.output, items, meta)
     print(f"wrote {len(clips)} clips to {out}")

@@ -1,0 +1,219 @@
+"""``Pipeline``: the multitask LM with its codec and text tokenizer, loaded once; one method per task.
+
+The CLI and the demo call only this::
+
+    pipe = Pipeline.from_pretrained("tokenlm-small")
+    pipe.asr("speech.wav").text
+    wav = pipe.tts("Hello there.", voice="prompt.wav", voice_text="The prompt's words.")
+    for chunk in pipe.tts_stream("Hello there."):   # float32 samples at pipe.sample_rate, as generated
+        ...
+
+Inputs are paths or ``(samples, sample_rate)``; bad input raises ``TokenlmError`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokenlm.errors import TokenlmError
+from tokenlm.sampling import SamplingParams, decode_steps, stream_codec
+
+from .base import Example, LangThenText, TaskContext, get_task, split_language_and_text
+
+Audio = str | os.PathLike | tuple[np.ndarray, int]
+
+MIN_VOICE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None
+    windows: list[dict] = field(default_factory=list)  # per window: start, end (s), text, language
+
+
+class Pipeline:
+    """The multitask LM, the codec whose codes it models, and the task layouts."""
+
+    def __init__(self, lm, codec, context: int | None = None, threads: int = 1):
+        if lm.text_tokenizer is None:
+            raise TokenlmError("this LM has no text tokenizer (tokenizer.model) beside it")
+        if lm.vocab.codebook_size != codec.codebook_size or lm.vocab.n_q > codec.n_q:
+            raise TokenlmError("the LM was trained on another codec's codes")
+        self.lm, self.codec, self.threads = lm.eval(), codec.eval(), threads
+        self.ctx = TaskContext(lm.vocab, lm.text_tokenizer, lm.vocab.n_q, getattr(lm, "pattern", "delay"))
+        meta = getattr(lm, "meta", {}) or {}
+        self.context = min(lm.cfg.max_seq_len, context or int(meta.get("seq_len", lm.cfg.max_seq_len)))
+        self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate
+
+    @classmethod
+    def from_pretrained(cls, name: str = "tokenlm-small", codec: str = "codec-16k", **kw) -> Pipeline:
+        """Load a bundled LM (or an LM folder) and its codec, offline and sha256-checked."""
+        from tokenlm.pretrained import load
+
+        return cls(load(name), load(codec), **kw)
+
+    # ------------------------------------------------------------------ audio in
+    def load(self, audio: Audio) -> np.ndarray:
+        """A path or ``(samples, rate)`` -> mono float32 samples at the codec's rate."""
+        from tokenlm.codecs.audio import load_audio, mix_channels, resample
+
+        if isinstance(audio, tuple):
+            samples, sr = audio
+            x = np.asarray(samples, dtype=np.float32)
+            x = x[None] if x.ndim == 1 else x.T if x.shape[0] > x.shape[-1] else x  # -> [C, N]
+            x = mix_channels(x, 1)
+            if sr != self.sample_rate:
+                x = resample(x, sr, self.sample_rate)
+            x = x[0]
+        else:
+            x = load_audio(Path(audio), self.sample_rate, channels=1).samples[0]
+        if x.size == 0:
+            raise TokenlmError("the audio is empty")
+        return x.astype(np.float32)
+
+    def encode(self, wav: np.ndarray) -> torch.Tensor:
+        """Samples ``[N]`` -> codes ``[n_q, T]`` of the LM's codebooks."""
+        with torch.inference_mode():
+            return self.codec.encode(torch.from_numpy(wav)[None, None], self.ctx.n_q)[0]
+
+    # ------------------------------------------------------------------ ASR
+    def asr(self, audio: Audio, window_seconds: float = 8.0, max_tokens: int = 160) -> Transcript:
+        """Transcribe; long audio is cut into windows at quiet frames and the texts are joined."""
+        wav = self.load(audio)
+        task = get_task("asr")
+        rows = []
+        for start, end in speech_windows(wav, self.sample_rate, window_seconds):
+            codes = self.encode(wav[start:end])
+            prompt = task.condition(self.ctx, Example(codes=codes)).build().ids[None]
+            ids = self._generate_text(prompt, max_tokens)
+            lang, text_ids = split_language_and_text(self.lm.vocab, ids)
+            text = self.ctx.text.decode(text_ids).strip()
+            rows.append({"start": start / self.sample_rate, "end": end / self.sample_rate, "text": text, "language": lang})
+        langs = [r["language"] for r in rows if r["language"] and r["text"]]
+        language = max(set(langs), key=langs.count) if langs else None
+        return Transcript(" ".join(r["text"] for r in rows if r["text"]), language, rows)
+
+    def _generate_text(self, prompt: torch.Tensor, max_tokens: int) -> torch.Tensor:
+        rule = LangThenText(self.lm.vocab, prompt.shape[1], 1, max_tokens)
+        p = SamplingParams(temperature=0.0, threads=self.threads)
+        steps = [s[0, 0] for s in decode_steps(self.lm, prompt, rule, p)]
+        return torch.stack(steps) if steps else torch.zeros(0, dtype=torch.long)
+
+    # ------------------------------------------------------------------ TTS and cloning
+    def tts(self, text: str, **kw) -> np.ndarray:
+        """Speech for ``text`` (float32 samples at ``sample_rate``); see ``tts_stream`` for the options."""
+        chunks = list(self.tts_stream(text, **kw))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def tts_stream(
+        self,
+        text: str,
+        voice: Audio | None = None,
+        voice_text: str | None = None,
+        language: str = "en",
+        seed: int | None = None,
+        temperature: float = 0.8,
+        top_k: int = 50,
+        chunk_frames: int = 10,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio while it is generated: every ``chunk_frames`` frames are decoded as soon as all their
+        codebooks are known. With ``voice`` (a clip of 1 s or more; its first ``max_prompt_seconds`` are used),
+        the voice-cloning layout; ``voice_text`` is its transcript (transcribed by the model when None).
+        Text longer than the context allows is spoken sentence group by sentence group."""
+        from tokenlm.codecs.codec.model import StreamingDecoder
+
+        sentences = self._text_chunks(text, language)
+        prompt_ex = self._voice_example(voice, voice_text) if voice is not None else None
+        task = get_task("clone" if prompt_ex is not None else "tts")
+        gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+        p = SamplingParams(temperature=temperature, top_k=top_k, threads=self.threads)
+        decoder = StreamingDecoder(self.codec)
+        for sentence in sentences:
+            ex = Example(codes=torch.zeros(self.ctx.n_q, 0, dtype=torch.long), text=sentence, language=language)
+            prompt = task.condition(self.ctx, ex, voice=prompt_ex).build().ids[None]
+            budget = self.context - prompt.shape[-1] - self.ctx.n_q
+            max_frames = min(budget, int(self.frame_rate * (2.0 + len(sentence) / 6.0)))
+            if max_frames < self.frame_rate:
+                raise TokenlmError("the voice prompt and text leave no room to speak in the model's context")
+            starts = torch.tensor([self.lm.vocab.codec_range(k).start for k in range(self.ctx.n_q)])
+            pending = []
+            for frame in stream_codec(self.lm, prompt, max_frames, p, generator=gen):
+                if int(frame[0, 0]) == self.lm.vocab.eos:
+                    break
+                pending.append(frame[0] - starts)
+                if len(pending) == chunk_frames:
+                    yield self._decode_frames(decoder, pending)
+                    pending = []
+            if pending:
+                yield self._decode_frames(decoder, pending)
+
+    def _decode_frames(self, decoder, frames: list[torch.Tensor]) -> np.ndarray:
+        codes = torch.stack(frames, dim=1)[None].clamp(0, self.codec.codebook_size - 1)  # [1, K, t]
+        with torch.inference_mode():
+            return decoder.push(codes)[0].float().numpy()
+
+    def _voice_example(self, voice: Audio, voice_text: str | None) -> Example:
+        wav = self.load(voice)
+        if wav.size < MIN_VOICE_SECONDS * self.sample_rate:
+            raise TokenlmError(f"the voice prompt is shorter than {MIN_VOICE_SECONDS:g} s")
+        if float(np.sqrt(np.mean(wav**2))) < 1e-4:
+            raise TokenlmError("the voice prompt is silent")
+        longest = int(self.max_prompt_seconds * self.sample_rate)
+        if wav.size > longest:  # the start of the clip; a given transcript would not match the cut
+            wav, voice_text = wav[:longest], None
+        if not voice_text:
+            voice_text = self.asr((wav, self.sample_rate)).text
+            if not voice_text:
+                raise TokenlmError("no words were recognised in the voice prompt: give its transcript")
+        return Example(codes=self.encode(wav), text=voice_text)
+
+    max_prompt_seconds = 4.0
+
+    def _text_chunks(self, text: str, language: str, max_pieces: int = 60) -> list[str]:
+        """Sentences grouped into chunks of at most ``max_pieces`` text pieces (long sentences cut at words)."""
+        text = " ".join((text or "").split())
+        if not text:
+            raise TokenlmError("the text is empty")
+        self.ctx.language(language)  # an unknown language fails here, before anything is generated
+        words_of = lambda s: len(self.ctx.text.encode(s))  # noqa: E731
+        pieces: list[str] = []
+        for sentence in re.split(r"(?<=[.!?;:])\s+", text):
+            cur: list[str] = []
+            for word in sentence.split():
+                if cur and words_of(" ".join(cur + [word])) > max_pieces:
+                    pieces.append(" ".join(cur))
+                    cur = []
+                cur.append(word)
+            if cur:
+                pieces.append(" ".join(cur))
+        chunks: list[str] = []
+        for s in pieces:
+            if chunks and words_of(chunks[-1] + " " + s) <= max_pieces:
+                chunks[-1] += " " + s
+            else:
+                chunks.append(s)
+        return chunks
+
+
+def speech_windows(wav: np.ndarray, sample_rate: int, window_seconds: float) -> list[tuple[int, int]]:
+    """``[start, end)`` sample windows of at most ``window_seconds``, each cut at the quietest 20 ms frame of
+    its last quarter (so words are rarely split); one window for short audio."""
+    n, w = wav.size, int(window_seconds * sample_rate)
+    hop = sample_rate // 50
+    out, start = [], 0
+    while n - start > w:
+        lo, hi = start + 3 * w // 4, start + w
+        frames = wav[lo:hi][: (hi - lo) // hop * hop].reshape(-1, hop)
+        cut = lo + int(np.argmin((frames**2).mean(1))) * hop + hop // 2
+        out.append((start, cut))
+        start = cut
+    out.append((start, n))
+    return out
