@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from tokenlm.codecs.codec.evaluate import align, mel_distance, si_sdr, systems
+from tokenlm.codecs.codec.evaluate import systems
 from tokenlm.codecs.codec.model import Codec, CodecConfig
+
+from tokenlm.metrics import align, mel_distance, si_sdr
 
 
 def test_align_undoes_a_delay():

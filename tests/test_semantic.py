@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tokenlm.codecs.kmeans import kmeans, nearest
-from tokenlm.codecs.semantic.evaluate import dedup, edit_distance, pnmi_stats, speaker_invariance
+from tokenlm.codecs.semantic.evaluate import speaker_invariance
 from tokenlm.codecs.semantic.model import SemanticConfig, SemanticTokenizer, mfcc_features, span_mask
 from tokenlm.codecs.semantic.targets import build_espeak_corpus, is_held_out_voice, read_phones, say
 from tokenlm.codecs.semantic.train import SemanticTrainConfig, train
@@ -19,6 +19,7 @@ from tokenlm.cli import main
 from tokenlm.config import load_config
 from tokenlm.corpus.phones import frame_labels
 from tokenlm.errors import TokenlmError
+from tokenlm.metrics import dedup, edit_distance, pnmi_stats
 from tokenlm.pretrained import load
 from tokenlm.utils import seed_everything
 

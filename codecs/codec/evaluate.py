@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 
 from tokenlm.errors import TokenlmError
+from tokenlm.metrics import align, mel_distance, si_sdr
 from tokenlm.utils import atomic_write_text, cache_dir, log, progress
 
 from ..audio import load_audio, resample
@@ -113,33 +114,6 @@ def systems(codec, peer=None, int8=None) -> dict[str, tuple[float, System]]:
 
 
 # --------------------------------------------------------------------------- metrics
-def align(ref: np.ndarray, deg: np.ndarray, max_lag: int = 800) -> np.ndarray:
-    """Shift ``deg`` by the lag (|lag| <= 50 ms) that maximises its correlation with ``ref``; same length."""
-    n = len(ref)
-    deg = np.pad(deg[:n], (0, max(0, n - len(deg))))
-    spec = np.fft.rfft(ref, 2 * n) * np.conj(np.fft.rfft(deg, 2 * n))
-    corr = np.fft.irfft(spec)
-    lags = np.concatenate([corr[: max_lag + 1], corr[-max_lag:]])
-    lag = int(np.argmax(lags))
-    lag = lag if lag <= max_lag else lag - len(lags)
-    return np.roll(deg, lag) if lag >= 0 else np.concatenate([deg[-lag:], np.zeros(-lag, deg.dtype)])
-
-
-def si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
-    ref, est = ref - ref.mean(), est - est.mean()
-    target = (est @ ref) / (ref @ ref + 1e-9) * ref
-    return float(10 * np.log10((target @ target) / ((est - target) @ (est - target) + 1e-9) + 1e-9))
-
-
-def mel_distance(est: np.ndarray, ref: np.ndarray) -> float:
-    """Mean L1 between log10 mel spectrograms (1024-point STFT, 80 mels)."""
-    from .losses import _mel_basis, stft
-
-    fb = _mel_basis(SR, 1024, 80)
-    m = [torch.log10((fb @ stft(torch.from_numpy(v)[None], 1024, 256).abs()).clamp_min(1e-5)) for v in (est, ref)]
-    return float((m[0] - m[1]).abs().mean())
-
-
 class Metrics:
     def __init__(self):
         from visqol import VisqolApi
@@ -153,7 +127,7 @@ class Metrics:
         from pystoi import stoi
 
         deg = align(ref, deg.astype(np.float32))
-        row = {"mel_distance": mel_distance(deg, ref), "si_sdr": si_sdr(deg, ref)}
+        row = {"mel_distance": mel_distance(deg, ref, SR), "si_sdr": si_sdr(deg, ref)}
         if domain == "speech":
             row["pesq_wb"] = float(pesq(SR, ref, deg, "wb"))
             row["stoi"] = float(stoi(ref, deg, SR, extended=False))

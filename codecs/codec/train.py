@@ -23,6 +23,7 @@ import torch
 
 from tokenlm.checkpoint import load_state, load_weights, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
+from tokenlm.metrics import si_sdr
 from tokenlm.utils import StopRequest, cache_dir, log, progress, resolve_precision
 
 from .dataset import DataConfig, build_sampler
@@ -424,15 +425,6 @@ class HeldOutProbe:
             f.write(json.dumps(row) + "\n")
         log.info("held-out: %s", row)
         plot_run(self.run_dir, model, self.wavs[0])
-
-
-def si_sdr(est: torch.Tensor, ref: torch.Tensor) -> float:
-    """Scale-invariant SDR in dB of 1-D signals."""
-    ref = ref - ref.mean()
-    est = est - est.mean()
-    alpha = (est @ ref) / (ref @ ref + 1e-9)
-    target = alpha * ref
-    return float(10 * torch.log10(target.pow(2).sum() / ((est - target).pow(2).sum() + 1e-9) + 1e-9))
 
 
 def plot_run(run_dir: Path, model: Codec, wav: torch.Tensor) -> None:

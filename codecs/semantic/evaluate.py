@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tokenlm.corpus.phones import frame_labels
+from tokenlm.metrics import dedup, norm_distance, pnmi_stats
 from tokenlm.utils import atomic_write_text
 
 from ..kmeans import kmeans, nearest
@@ -34,51 +35,6 @@ SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def pnmi_stats(units: np.ndarray, phones: list[str]) -> dict[str, float]:
-    """Frame-aligned ``units`` [F] int and ``phones`` [F] -> pnmi, phone_purity, cluster_purity."""
-    if len(units) != len(phones) or len(units) == 0:
-        raise ValueError(f"need equal non-empty lengths, got {len(units)} units and {len(phones)} phones")
-    names, p_idx = np.unique(np.asarray(phones), return_inverse=True)
-    u_names, u_idx = np.unique(np.asarray(units), return_inverse=True)
-    joint = np.zeros((len(names), len(u_names)))
-    np.add.at(joint, (p_idx, u_idx), 1.0)
-    joint /= joint.sum()
-    pp, pu = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
-    nz = joint > 0
-    mi = float((joint[nz] * np.log(joint[nz] / (pp @ pu)[nz])).sum())
-    h = float(-(pp[pp > 0] * np.log(pp[pp > 0])).sum())
-    return {
-        "pnmi": mi / h if h > 0 else 0.0,
-        "phone_purity": float(joint.max(0).sum()),
-        "cluster_purity": float(joint.max(1).sum()),
-    }
-
-
-def dedup(seq: np.ndarray) -> np.ndarray:
-    """Collapse runs of the same unit (``1 1 5 5 5 2 -> 1 5 2``)."""
-    seq = np.asarray(seq)
-    return seq[np.r_[True, seq[1:] != seq[:-1]]] if len(seq) else seq
-
-
-def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
-    """Levenshtein distance between two integer sequences (row-by-row DP, one numpy row per step)."""
-    prev = np.arange(len(b) + 1)
-    for i, x in enumerate(a, 1):
-        sub = prev[:-1] + (np.asarray(b) != x)
-        cur = np.empty_like(prev)
-        cur[0] = i
-        best = np.minimum(sub, prev[1:] + 1)
-        for j in range(1, len(b) + 1):  # insertion depends on the left neighbour: a short scalar pass
-            cur[j] = min(best[j - 1], cur[j - 1] + 1)
-        prev = cur
-    return int(prev[-1])
-
-
-def norm_distance(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = dedup(a), dedup(b)
-    return edit_distance(a, b) / max(len(a), len(b), 1)
 
 
 def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: int = 300) -> dict[str, float]:

@@ -422,7 +422,9 @@ def _log_line(out: Path, step: int, avg: dict, seconds: float) -> None:
 @torch.no_grad()
 def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select: int = 150) -> Path:
     """Choose the unit layer by PNMI on *training* voices, fit the unit k-means there, save the model."""
-    from .evaluate import clip_labels, pnmi_stats
+    from tokenlm.metrics import pnmi_stats
+
+    from .evaluate import clip_labels
 
     model = run.raw.eval()
     k = run.cfg.model.codebook_size
