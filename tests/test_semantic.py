@@ -11,13 +11,14 @@ import torch
 from tokenlm.codecs.kmeans import kmeans, nearest
 from tokenlm.codecs.semantic.evaluate import speaker_invariance
 from tokenlm.codecs.semantic.model import SemanticConfig, SemanticTokenizer, mfcc_features, span_mask
-from tokenlm.codecs.semantic.targets import build_espeak_corpus, is_held_out_voice, read_phones, say
 from tokenlm.codecs.semantic.train import SemanticTrainConfig, train
 
 from tokenlm.checkpoint import load_state
 from tokenlm.cli import main
 from tokenlm.config import load_config
-from tokenlm.corpus.phones import frame_labels
+from tokenlm.corpus.espeak_corpus import build_espeak_corpus, is_held_out_voice, say
+from tokenlm.corpus.manifest import Clip, read_manifest
+from tokenlm.corpus.phones import frame_labels, read_phones
 from tokenlm.errors import TokenlmError
 from tokenlm.metrics import dedup, edit_distance, pnmi_stats
 from tokenlm.pretrained import load
@@ -131,21 +132,26 @@ def test_espeak_phones_cover_the_clip(tmp_path):
     assert {"s", "b"} <= {p[2] for p in utt.phones}
     labels = frame_labels(utt.phones, 50.0, 10)
     assert labels[0] == "_" and len(labels) == 10
-    (tmp_path / "p.txt").write_text("0.0 0.1 sil\n0.1 0.25 dh\n")  # the corpus's text format
-    assert read_phones(tmp_path / "p.txt") == [(0.0, 0.1, "sil"), (0.1, 0.25, "dh")]
     with pytest.raises(TokenlmError):
         say("x", "no-such-voice")
 
 
+def _espeak_clip(i: int, accent: str, duration: float = 2.0, speaker: str = "espeak-f") -> Clip:
+    extra = {"accent": accent, "variant": "f4", "i": i}
+    return Clip(f"c{i}", "x.wav", duration, 16000, "speech_synthetic", speaker=speaker, source="espeak", extra=extra)
+
+
 def test_corpus_splits_hold_out_voices(corpus):
-    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
-    train_v = {r["speaker"] for r in rows if r["split"] == "train"}
-    eval_rows = [r for r in rows if r["split"] == "eval"]
-    assert len(eval_rows) == 4 and not train_v & {r["speaker"] for r in eval_rows}
-    assert all(Path(r["phones"]).is_file() for r in rows)
-    corpus_row = {"source": "espeak", "accent": "en-gb-x-rp", "variant": "f4", "speaker": "espeak-f"}
-    assert is_held_out_voice(corpus_row) and not is_held_out_voice({**corpus_row, "accent": "en-us"})
-    assert all(is_held_out_voice({"speaker": r["speaker"]}) for r in eval_rows)
+    rows = read_manifest(corpus)  # an ordinary manifest, phone files in the corpus format
+    train_v = {r.speaker for r in rows if r.split == "train"}
+    eval_rows = [r for r in rows if r.split == "eval"]
+    assert len(eval_rows) == 4 and not train_v & {r.speaker for r in eval_rows}
+    assert all(r.kind == "speech_synthetic" and r.source == "espeak" for r in rows)
+    assert all(read_phones(r.phones) for r in rows)
+    assert is_held_out_voice(_espeak_clip(0, "en-gb-x-rp")) and not is_held_out_voice(_espeak_clip(0, "en-us"))
+    assert all(is_held_out_voice(r) for r in eval_rows)
+    by_speaker = [Clip("e", "x.wav", 1.0, 16000, "speech_synthetic", speaker=r.speaker) for r in eval_rows]
+    assert all(is_held_out_voice(c) for c in by_speaker)  # no voice settings: the speaker name says it
 
 
 def test_train_resume_export(corpus, tmp_path):
@@ -320,24 +326,16 @@ def test_vtlp_reaches_the_students_input_only(tmp_path):
 def test_mfcc_baseline_is_fitted_on_training_voices_only(tmp_path, monkeypatch):
     """The floor's k-means sees training clips like the model's units do: never a held-out voice or a stub."""
     from tokenlm.codecs.semantic.evaluate import baseline_fit_rows
-    from tokenlm.codecs.semantic.targets import EVAL_ACCENTS, TRAIN_ACCENTS
+
+    from tokenlm.corpus.espeak_corpus import EVAL_ACCENTS, TRAIN_ACCENTS
 
     monkeypatch.setenv("TOKENLM_CACHE", str(tmp_path))  # no corpus built: espeak rows only
-    rows = [
-        {"source": "espeak", "accent": TRAIN_ACCENTS[i % len(TRAIN_ACCENTS)], "variant": "f1", "duration": 2.0, "i": i}
-        for i in range(40)
-    ]
-    rows += [
-        {"source": "espeak", "accent": EVAL_ACCENTS[0], "variant": "f1", "duration": 2.0, "i": 100 + i}
-        for i in range(40)
-    ]
-    rows += [
-        {"source": "espeak", "accent": TRAIN_ACCENTS[0], "variant": "f1", "duration": 0.2, "i": 200 + i}
-        for i in range(40)
-    ]
+    rows = [_espeak_clip(i, TRAIN_ACCENTS[i % len(TRAIN_ACCENTS)]) for i in range(40)]
+    rows += [_espeak_clip(100 + i, EVAL_ACCENTS[0]) for i in range(40)]
+    rows += [_espeak_clip(200 + i, TRAIN_ACCENTS[0], duration=0.2) for i in range(40)]
     picked = baseline_fit_rows(rows, 30)
-    assert len(picked) == 30 and len({r["i"] for r in picked}) == 30
-    assert all(r["i"] < 40 for r in picked)
+    assert len(picked) == 30 and len({r.extra["i"] for r in picked}) == 30
+    assert all(r.extra["i"] < 40 for r in picked)
 
 
 def test_phone_probe_reads_phones_from_informative_features_only():

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenlm.corpus.espeak_corpus import dev_corpus, is_held_out_voice, voice_name
+from tokenlm.corpus.manifest import AudioClip, Clip, load_audio_clips, manifest_path, read_manifest
 from tokenlm.corpus.phones import frame_labels
 from tokenlm.metrics import dedup, norm_distance, pnmi_stats
 from tokenlm.utils import atomic_write_text
 
 from ..kmeans import kmeans, nearest
 from .model import KMEANS_BATCH, SemanticConfig
-from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows, voice_name
 
 log = logging.getLogger("tokenlm.semantic")
 SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-invariance keys
@@ -37,7 +38,7 @@ SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"  # speaker-
 # --------------------------------------------------------------------------- metrics
 
 
-def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: int = 300) -> dict[str, float]:
+def speaker_invariance(units: list[np.ndarray], clips: list[AudioClip], max_pairs: int = 300) -> dict[str, float]:
     """Mean normalised unit edit distance: same sentence / different voices vs different sentences /
     same voice. ``ratio`` < 1 means the units follow the words more than the voice."""
     same, diff = [], []
@@ -57,7 +58,7 @@ def speaker_invariance(units: list[np.ndarray], clips: list[Clip], max_pairs: in
     return {SAME: s, DIFF: d, "ratio": s / d, "pairs_same": len(d_same), "pairs_diff": len(d_diff)}
 
 
-def clip_labels(clip: Clip, n_frames: int, cfg: SemanticConfig) -> list[str]:
+def clip_labels(clip: AudioClip, n_frames: int, cfg: SemanticConfig) -> list[str]:
     return frame_labels(clip.phones, cfg.sample_rate / cfg.hop_length, n_frames)
 
 
@@ -65,12 +66,12 @@ def clip_labels(clip: Clip, n_frames: int, cfg: SemanticConfig) -> list[str]:
 
 
 @torch.no_grad()
-def model_units(model, clips: list[Clip]) -> list[np.ndarray]:
+def model_units(model, clips: list[AudioClip]) -> list[np.ndarray]:
     return [model.encode(torch.from_numpy(c.samples)[None, None])[0, 0].numpy() for c in clips]
 
 
 @torch.no_grad()
-def mfcc_units(cfg: SemanticConfig, train: list[Clip], clips: list[Clip], k: int) -> list[np.ndarray]:
+def mfcc_units(cfg: SemanticConfig, train: list[AudioClip], clips: list[AudioClip], k: int) -> list[np.ndarray]:
     """MFCC k-means baseline: ``k`` centroids fitted on training clips, applied to ``clips``."""
     from .model import LogMel, mfcc_features
 
@@ -123,7 +124,7 @@ def context_frames(f: torch.Tensor, k: int = 4) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probes(model, train: list[Clip], clips: list[Clip]) -> dict:
+def probes(model, train: list[AudioClip], clips: list[AudioClip]) -> dict:
     """``phone_probe`` on the model's unit layer and, as its floor, on MFCC + deltas with +-4 frames of context."""
     from .model import LogMel, mfcc_features
 
@@ -144,38 +145,34 @@ def probes(model, train: list[Clip], clips: list[Clip]) -> dict:
     return out
 
 
-def score(units: list[np.ndarray], clips: list[Clip], cfg: SemanticConfig) -> dict:
+def score(units: list[np.ndarray], clips: list[AudioClip], cfg: SemanticConfig) -> dict:
     labels = sum((clip_labels(c, len(u), cfg) for c, u in zip(clips, units)), [])
     return {**pnmi_stats(np.concatenate(units), labels), "speaker_invariance": speaker_invariance(units, clips)}
 
 
-def training_voices(rows: list[dict]) -> set[str]:
-    """Voices training can see: the corpus's train rows (as ``train`` filters them) plus ``rows``."""
-    from tokenlm.corpus.manifest import manifest_path
-
+def training_voices(rows: list[Clip]) -> set[str]:
+    """Voices training can see: the corpus's train clips (as ``train`` filters them) plus ``rows``."""
     corpus = manifest_path(None, "speech_synthetic")
     if corpus.is_file():
-        rows = rows + read_rows(corpus, split="train")
+        rows = rows + read_manifest(corpus, split="train")
     return {voice_name(r) for r in rows if not is_held_out_voice(r)}
 
 
-def baseline_fit_rows(espeak_rows: list[dict], n: int, seed: int = 1) -> list[dict]:
+def baseline_fit_rows(espeak_rows: list[Clip], n: int, seed: int = 1) -> list[Clip]:
     """Training clips for the MFCC k-means, drawn like the model's own unit k-means (``semantic_train.export``:
     random clips of its training manifests, equal shares of the espeak corpus and, where built, the corpus's
     synthetic and real speech), so both sets of centroids see the same kind of data. Fitting the baseline on
     espeak alone, the eval's own domain, raised it from 0.393 to 0.415 PNMI (semantic-16k v2 units: 0.477 -> 0.493
     when refitted the same two ways)."""
-    from tokenlm.corpus.manifest import manifest_path
-
     sources = [espeak_rows]
     for part in ("speech_synthetic", "speech_real"):
         path = manifest_path(None, part)
         if path.is_file():
-            sources.append(read_rows(path, split="train"))
+            sources.append(read_manifest(path, split="train"))
     rng = np.random.default_rng(seed)
     out = []
     for rows in sources:
-        rows = [r for r in rows if not is_held_out_voice(r) and r.get("duration", 1.0) >= 0.5]
+        rows = [r for r in rows if not is_held_out_voice(r) and r.duration >= 0.5]
         out += [rows[i] for i in rng.permutation(len(rows))[: n // len(sources)]]
     return out
 
@@ -191,10 +188,10 @@ def evaluate(
     """Score ``model`` (a SemanticTokenizer) and the MFCC k-means floor on the eval split."""
     manifest = manifest or dev_corpus()
     cfg = model.cfg
-    rows = [r for r in read_rows(manifest, split="eval") if r.get("phones")]
-    clips = load_clips(rows[:limit] if limit else rows, cfg.sample_rate, desc="eval clips")
-    train_rows = read_rows(manifest, split="train")
-    train = load_clips(baseline_fit_rows(train_rows, n_train), cfg.sample_rate, desc="baseline fit clips")
+    rows = [r for r in read_manifest(manifest, split="eval") if r.phones]
+    clips = load_audio_clips(rows[:limit] if limit else rows, cfg.sample_rate, desc="eval clips")
+    train_rows = read_manifest(manifest, split="train")
+    train = load_audio_clips(baseline_fit_rows(train_rows, n_train), cfg.sample_rate, desc="baseline fit clips")
     units = model_units(model, clips)
     ours = score(units, clips, cfg)
     base = score(mfcc_units(cfg, train, clips, cfg.codebook_size), clips, cfg)
@@ -220,16 +217,16 @@ def evaluate(
         "model_meta": getattr(model, "pretrained_meta", {}),
     }
     if probe:
-        labelled = [r for r in train_rows if r.get("phones") and not is_held_out_voice(r)]
+        labelled = [r for r in train_rows if r.phones and not is_held_out_voice(r)]
         picked = np.random.default_rng(2).permutation(len(labelled))[: 2 * n_train]
-        probe_clips = load_clips([labelled[i] for i in picked], cfg.sample_rate, desc="probe clips")
+        probe_clips = load_audio_clips([labelled[i] for i in picked], cfg.sample_rate, desc="probe clips")
         report["probe"] = probes(model, probe_clips, clips)
     if out is not None:
         write_report(report, out, model, clips[0])
     return report
 
 
-def write_report(report: dict, out: Path, model, clip: Clip) -> None:
+def write_report(report: dict, out: Path, model, clip: AudioClip) -> None:
     """``out/semantic_eval.json``, ``out/semantic_eval.md`` and ``out/units.png``."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "semantic_eval.json", json.dumps(report, indent=2) + "\n")
@@ -267,7 +264,7 @@ def write_report(report: dict, out: Path, model, clip: Clip) -> None:
     plot_units(model, clip, out / "units.png")
 
 
-def plot_units(model, clip: Clip, path: Path) -> None:
+def plot_units(model, clip: AudioClip, path: Path) -> None:
     """Log-mel spectrogram with the unit sequence above it and the phone boundaries as lines."""
     import matplotlib
 

@@ -1,242 +1,88 @@
-"""Speech with phone timings for the semantic tokenizer: an espeak-ng corpus and a manifest reader.
+"""Targets of the masked prediction: each frame's nearest k-means centroid of a feature of the clean audio.
 
-espeak-ng is driven through its shared library (ctypes) because only the library reports phoneme
-events (``espeakEVENT_PHONEME``, with the sample position of each phone start); the command line's
-``--pho`` needs mbrola, which is not available here. Voices are an accent plus a variant
-(``en-gb-x-rp+f4``) with a per-utterance pitch, range and rate, so that held-out *voices* can be kept
-apart from training voices: the ``eval`` split uses accents and variants that training never hears.
-
-A clip is a row of a JSONL manifest: ``{"path", "duration", "speaker", "text", "split", "phones"}``
-where ``phones`` names a JSON file ``[[start_s, end_s, phone], ...]``.
+Iteration 1 clusters MFCC + deltas (``MfccTargets``); iteration 2 clusters a layer of a frozen
+iteration-1 model (``LayerTargets``), as in HuBERT (Hsu et al., 2021). ``make_targets`` fits the centroids
+on frames of random training clips with the mini-batch k-means (``tokenlm.codecs.kmeans``).
 """
 
 from __future__ import annotations
 
-import json
-import random
-import re
-from dataclasses import dataclass
-from pathlib import Path
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from tokenlm.corpus.espeak import Espeak
+from tokenlm.corpus.manifest import AudioClip
 from tokenlm.errors import TokenlmError
-from tokenlm.utils import atomic_write_text, cache_dir, progress
 
-from ..audio import load_audio, resample, save_audio
+from ..kmeans import kmeans, nearest
+from .model import KMEANS_BATCH, LogMel, SemanticConfig, SemanticTokenizer, mfcc_features
 
-TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us-nyc")
-TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "belinda", "david")
-EVAL_ACCENTS = ("en-gb-x-rp", "en-gb-x-gbcwmd")
-EVAL_VARIANTS = ("m7", "f4", "f5", "klatt4", "Andy", "linda")
-SILENCE = "_"
+if TYPE_CHECKING:
+    from .train import SemanticTrainConfig
 
-
-# --------------------------------------------------------------------------- espeak-ng
+log = logging.getLogger("tokenlm.semantic")
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """``samples`` [N] float32 at ``sample_rate``; ``phones`` [(start_s, end_s, phone)] covering the clip."""
+class MfccTargets:
+    """Iteration 1: frame targets = nearest of ``centroids`` to MFCC + deltas (CMVN)."""
 
-    samples: np.ndarray
-    sample_rate: int
-    phones: list[tuple[float, float, str]]
+    def __init__(self, model_cfg: SemanticConfig, centroids: torch.Tensor):
+        self.logmel = LogMel(model_cfg)
+        self.centroids = centroids
 
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        return mfcc_features(self.logmel(wav))
 
-def say(
-    text: str, voice: str, pitch: int = 50, range_: int = 50, rate: int = 175, engine: Espeak | None = None
-) -> Utterance:
-    """Speak ``text`` with ``voice`` (``accent+variant``) -> 22.05 kHz audio and covering phone intervals."""
-    syn = (engine or Espeak()).synth(text, voice, rate=rate, pitch=pitch, range_=range_)
-    return Utterance(syn.samples, syn.sample_rate, _intervals(syn.events, len(syn.samples), syn.sample_rate))
+    def to(self, device) -> MfccTargets:
+        self.logmel, self.centroids = self.logmel.to(device), self.centroids.to(device)
+        return self
 
-
-def _intervals(events: list[tuple[int, str]], n: int, sr: int) -> list[tuple[float, float, str]]:
-    """Phone-start events -> covering intervals; pauses (``_``, ``_:``, ...) and the lead-in are silence."""
-    starts = [(0, SILENCE)] + [(s, SILENCE if p.startswith("_") else p) for s, p in events]
-    out = []
-    for (s, p), (e, _) in zip(starts, starts[1:] + [(n, SILENCE)]):
-        if e > s:
-            out.append((s / sr, min(e, n) / sr, p))
-    return out
+    @torch.no_grad()
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        f = self.features(wav)
+        return nearest(f.flatten(0, 1), self.centroids).view(f.shape[:2])
 
 
-# --------------------------------------------------------------------------- text
+class LayerTargets:
+    """Iteration 2: frame targets = nearest of ``centroids`` to layer ``layer`` of a frozen teacher."""
+
+    def __init__(self, teacher: SemanticTokenizer, layer: int, centroids: torch.Tensor):
+        self.teacher, self.layer, self.centroids = teacher.eval(), layer, centroids
+
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.teacher.features(wav, self.layer)
+
+    def to(self, device) -> LayerTargets:
+        self.teacher, self.centroids = self.teacher.to(device), self.centroids.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        f = self.features(wav)
+        return nearest(f.flatten(0, 1), self.centroids).view(f.shape[:2])
 
 
-def harvest_sentences(n: int, seed: int = 0) -> list[str]:
-    """Up to ``n`` plain English sentences (5-16 words) from the docstrings of Python's standard library.
-
-    The sources are parsed with ``ast``, never imported (importing arbitrary modules has side effects).
-    """
-    import ast
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not {"site-packages", "test", "tests"} & set(p.parts))
-    seen: set[str] = set()
-    out: list[str] = []
-    for f in files:
-        try:
-            tree = ast.parse(f.read_text(errors="ignore"))
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                _take_sentences(ast.get_docstring(node), seen, out)
-    random.Random(seed).shuffle(out)
-    return out[:n]
+@torch.no_grad()
+def frame_features(feature_fn, clips: list[AudioClip], n_clips: int, seed: int = 0) -> torch.Tensor:
+    """Stack ``feature_fn(wav [1, N]) -> [1, T, D]`` over a random subset of clips -> ``[frames, D]``."""
+    idx = np.random.default_rng(seed).permutation(len(clips))[:n_clips]
+    return torch.cat([feature_fn(torch.from_numpy(clips[i].samples)[None])[0] for i in idx])
 
 
-def _take_sentences(doc: str | None, seen: set[str], out: list[str]) -> None:
-    for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", doc or "")):
-        words = s.rstrip(".!?").split()
-        if 5 <= len(words) <= 16 and all(re.fullmatch(r"[A-Za-z][a-z]*[,;]?", w) for w in words):
-            if s.lower() not in seen:
-                seen.add(s.lower())
-                out.append(s)
-
-
-# --------------------------------------------------------------------------- the development corpus
-
-
-def random_voice(rng: random.Random, split: str) -> dict:
-    accents, variants = (TRAIN_ACCENTS, TRAIN_VARIANTS) if split == "train" else (EVAL_ACCENTS, EVAL_VARIANTS)
-    return {
-        "voice": f"{rng.choice(accents)}+{rng.choice(variants)}",
-        "pitch": rng.randint(25, 80),
-        "range_": rng.randint(30, 90),
-        "rate": rng.randint(140, 210),
-    }
-
-
-def build_espeak_corpus(
-    root: Path,
-    n_train: int,
-    n_eval_sentences: int,
-    voices_per_eval: int = 3,
-    sample_rate: int = 16000,
-    seed: int = 0,
-    sentences: list[str] | None = None,
-) -> Path:
-    """Write ``root/manifest.jsonl`` (+ wavs and phone files): ``n_train`` training clips, one random
-    training voice each, and ``n_eval_sentences`` held-out sentences each spoken by ``voices_per_eval``
-    different held-out voices (split ``eval``). Returns the manifest path."""
-    rng = random.Random(seed)
-    sentences = sentences or harvest_sentences(n_train + n_eval_sentences, seed)
-    if len(sentences) < n_train + n_eval_sentences:
-        raise TokenlmError(f"only {len(sentences)} sentences available, need {n_train + n_eval_sentences}")
-    jobs = [("train", i, s, [random_voice(rng, "train")]) for i, s in enumerate(sentences[:n_train])]
-    for j, s in enumerate(sentences[n_train : n_train + n_eval_sentences]):
-        vs = _distinct_voices(rng, voices_per_eval)
-        jobs.append(("eval", j, s, vs))
-    engine, rows = Espeak(), []
-    for split, i, text, voices in progress(jobs, desc="espeak corpus"):
-        for v in voices:
-            rows.append(_write_clip(root, engine, split, i, text, v, sample_rate))
-    manifest = root / "manifest.jsonl"
-    atomic_write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))
-    return manifest
-
-
-def _distinct_voices(rng: random.Random, k: int) -> list[dict]:
-    out, names = [], set()
-    while len(out) < k:
-        v = random_voice(rng, "eval")
-        if v["voice"] not in names:
-            names.add(v["voice"])
-            out.append(v)
-    return out
-
-
-def _write_clip(root: Path, engine: Espeak, split: str, i: int, text: str, v: dict, sr: int) -> dict:
-    utt = say(text, **v, engine=engine)
-    name = f"{split}/{i:05d}_{v['voice'].replace('+', '_')}"
-    wav = root / f"{name}.wav"
-    save_audio(wav, resample(utt.samples[None], utt.sample_rate, sr)[0] * 0.9, sr)
-    phones = root / f"{name}.phones.json"
-    atomic_write_text(phones, json.dumps([[round(a, 4), round(b, 4), p] for a, b, p in utt.phones]))
-    return {
-        "path": str(wav),
-        "duration": round(len(utt.samples) / utt.sample_rate, 3),
-        "speaker": v["voice"],
-        "text": text,
-        "split": split,
-        "phones": str(phones),
-        "sentence": f"{split}-{i}",
-    }
-
-
-def dev_corpus(n_train: int = 4000, n_eval_sentences: int = 150) -> Path:
-    """The default espeak corpus in the cache, built once (a minute or two) and reused."""
-    root = cache_dir() / "data" / "semantic_espeak"
-    manifest = root / "manifest.jsonl"
-    if not manifest.exists():
-        build_espeak_corpus(root, n_train, n_eval_sentences)
-    return manifest
-
-
-# --------------------------------------------------------------------------- reading clips
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One speech clip in memory: ``samples`` [N] float32 at the model rate, phones if known."""
-
-    samples: np.ndarray
-    speaker: str
-    text: str
-    sentence: str
-    phones: list | None
-
-
-def voice_name(row: dict) -> str:
-    """The espeak voice of a row (``accent+variant``; the corpus stores them as separate fields), else its speaker."""
-    if row.get("source") == "espeak" and row.get("accent"):
-        return f"{row['accent']}+{row.get('variant', '')}"
-    return str(row.get("speaker", ""))
-
-
-def is_held_out_voice(row: dict) -> bool:
-    """True for espeak clips in an accent reserved for evaluation, wherever they come from: other
-    corpora (``tokenlm data build``) use the same engine and must not leak these voices into training."""
-    return voice_name(row).split("+")[0] in EVAL_ACCENTS
-
-
-def read_rows(manifest: str | Path, split: str | None = None, limit: int | None = None) -> list[dict]:
-    path = Path(manifest)
-    if not path.is_file():
-        raise TokenlmError(f"no manifest at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if split is None or r.get("split") == split]
-    return rows[:limit] if limit else rows
-
-
-def load_clips(rows: list[dict], sample_rate: int, desc: str = "loading clips") -> list[Clip]:
-    """Read each row's audio (mono, ``sample_rate``) and phone file (if it has one)."""
-    clips = []
-    for r in progress(rows, desc=desc):
-        audio = load_audio(r["path"], sample_rate=sample_rate)
-        phones = read_phones(r["phones"]) if r.get("phones") else None
-        clips.append(
-            Clip(
-                audio.samples[0], r.get("speaker", ""), r.get("text", ""), r.get("sentence", r.get("text", "")), phones
-            )
-        )
-    return clips
-
-
-def read_phones(path: str | Path) -> list[tuple[float, float, str]]:
-    """A phone file -> ``[(start_s, end_s, phone)]``: JSON (this module) or ``start end phone`` lines
-    (the corpus format, ``tokenlm.corpus``)."""
-    text = Path(path).read_text()
-    if text.lstrip().startswith("["):
-        return [(float(a), float(b), str(p)) for a, b, p in json.loads(text)]
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            out.append((float(parts[0]), float(parts[1]), parts[2]))
-    return out
+def make_targets(cfg: SemanticTrainConfig, clips: list[AudioClip], teacher: SemanticTokenizer | None):
+    k = cfg.model.n_targets
+    if cfg.iteration == 1:
+        t = MfccTargets(cfg.model, torch.zeros(0))
+    else:
+        if teacher is None:
+            raise TokenlmError("iteration 2 needs --init: the iteration-1 model whose layer gives the targets")
+        if teacher.cfg.unit_norm != cfg.model.unit_norm:  # targets live in the space the student's units will
+            teacher.cfg = replace(teacher.cfg, unit_norm=cfg.model.unit_norm)
+        t = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, torch.zeros(0))
+    feats = frame_features(t.features, clips, cfg.kmeans_clips)
+    log.info("fitting %d target clusters on %d frames (iteration %d)", k, len(feats), cfg.iteration)
+    t.centroids = kmeans(feats, k, iters=cfg.kmeans_iters, batch_size=KMEANS_BATCH)
+    return t

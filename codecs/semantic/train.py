@@ -31,12 +31,14 @@ from scipy.signal import resample_poly
 
 from tokenlm.checkpoint import load_state, rng_state, save_model, save_state, set_rng_state
 from tokenlm.config import load_config, to_dict
+from tokenlm.corpus.espeak_corpus import dev_corpus, is_held_out_voice
+from tokenlm.corpus.manifest import AudioClip, load_audio_clips, read_manifest
 from tokenlm.errors import TokenlmError
 from tokenlm.utils import StopRequest, cache_dir, resolve_precision
 
 from ..kmeans import kmeans, nearest
-from .model import KMEANS_BATCH, LogMel, SemanticConfig, SemanticTokenizer, mfcc_features, span_mask
-from .targets import Clip, dev_corpus, is_held_out_voice, load_clips, read_rows
+from .model import KMEANS_BATCH, SemanticConfig, SemanticTokenizer, span_mask
+from .targets import LayerTargets, MfccTargets, frame_features, make_targets
 
 log = logging.getLogger("tokenlm.semantic")
 STATE_FILE = "state.safetensors"
@@ -98,15 +100,17 @@ def resolve_manifest(spec: str) -> Path | None:
     return Path(spec)
 
 
-def training_clips(cfg: SemanticTrainConfig, manifests: tuple[str, ...]) -> list[Clip]:
-    clips: list[Clip] = []
+def training_clips(cfg: SemanticTrainConfig, manifests: tuple[str, ...]) -> list[AudioClip]:
+    clips: list[AudioClip] = []
     for spec in manifests:
         path = resolve_manifest(spec)
         if path is None:
             continue
-        rows = [r for r in read_rows(path, split="train") if r.get("duration", 1.0) >= 0.5 and not is_held_out_voice(r)]
+        rows = [r for r in read_manifest(path, split="train") if r.duration >= 0.5 and not is_held_out_voice(r)]
         random.Random(0).shuffle(rows)
-        clips += load_clips(rows[: cfg.max_clips_per_manifest], cfg.model.sample_rate, desc=f"loading {path.name}")
+        clips += load_audio_clips(
+            rows[: cfg.max_clips_per_manifest], cfg.model.sample_rate, desc=f"loading {path.name}"
+        )
     if not clips:
         raise TokenlmError("no training clips (check the manifests in the config)")
     return clips
@@ -116,8 +120,8 @@ def noise_clips(cfg: SemanticTrainConfig) -> list[np.ndarray]:
     path = resolve_manifest(cfg.noise_manifest) if cfg.noise_manifest else None
     if path is None:
         return []
-    rows = read_rows(path, split="train")[:300]
-    return [c.samples for c in load_clips(rows, cfg.model.sample_rate, desc="loading noise")]
+    rows = read_manifest(path, split="train")[:300]
+    return [c.samples for c in load_audio_clips(rows, cfg.model.sample_rate, desc="loading noise")]
 
 
 class Batcher:
@@ -126,7 +130,7 @@ class Batcher:
     ``next()`` -> (clean [B, L], noisy [B, L], valid [B, L] bool) float32 tensors.
     """
 
-    def __init__(self, cfg: SemanticTrainConfig, clips: list[Clip], noises: list[np.ndarray], seed: int):
+    def __init__(self, cfg: SemanticTrainConfig, clips: list[AudioClip], noises: list[np.ndarray], seed: int):
         self.cfg, self.clips, self.noises = cfg, clips, noises
         self.L = int(cfg.crop_seconds * cfg.model.sample_rate)
         self.rng = np.random.default_rng(seed)
@@ -167,71 +171,6 @@ class Batcher:
             noisy.append(y)
             valid.append(np.arange(self.L) < n)
         return (torch.from_numpy(np.stack(clean)), torch.from_numpy(np.stack(noisy)), torch.from_numpy(np.stack(valid)))
-
-
-# --------------------------------------------------------------------------- targets
-
-
-class MfccTargets:
-    """Iteration 1: frame targets = nearest of ``centroids`` to MFCC + deltas (CMVN)."""
-
-    def __init__(self, model_cfg: SemanticConfig, centroids: torch.Tensor):
-        self.logmel = LogMel(model_cfg)
-        self.centroids = centroids
-
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
-        return mfcc_features(self.logmel(wav))
-
-    def to(self, device) -> MfccTargets:
-        self.logmel, self.centroids = self.logmel.to(device), self.centroids.to(device)
-        return self
-
-    @torch.no_grad()
-    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
-        f = self.features(wav)
-        return nearest(f.flatten(0, 1), self.centroids).view(f.shape[:2])
-
-
-class LayerTargets:
-    """Iteration 2: frame targets = nearest of ``centroids`` to layer ``layer`` of a frozen teacher."""
-
-    def __init__(self, teacher: SemanticTokenizer, layer: int, centroids: torch.Tensor):
-        self.teacher, self.layer, self.centroids = teacher.eval(), layer, centroids
-
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
-        return self.teacher.features(wav, self.layer)
-
-    def to(self, device) -> LayerTargets:
-        self.teacher, self.centroids = self.teacher.to(device), self.centroids.to(device)
-        return self
-
-    @torch.no_grad()
-    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
-        f = self.features(wav)
-        return nearest(f.flatten(0, 1), self.centroids).view(f.shape[:2])
-
-
-@torch.no_grad()
-def frame_features(feature_fn, clips: list[Clip], n_clips: int, seed: int = 0) -> torch.Tensor:
-    """Stack ``feature_fn(wav [1, N]) -> [1, T, D]`` over a random subset of clips -> ``[frames, D]``."""
-    idx = np.random.default_rng(seed).permutation(len(clips))[:n_clips]
-    return torch.cat([feature_fn(torch.from_numpy(clips[i].samples)[None])[0] for i in idx])
-
-
-def make_targets(cfg: SemanticTrainConfig, clips: list[Clip], teacher: SemanticTokenizer | None):
-    k = cfg.model.n_targets
-    if cfg.iteration == 1:
-        t = MfccTargets(cfg.model, torch.zeros(0))
-    else:
-        if teacher is None:
-            raise TokenlmError("iteration 2 needs --init: the iteration-1 model whose layer gives the targets")
-        if teacher.cfg.unit_norm != cfg.model.unit_norm:  # targets live in the space the student's units will
-            teacher.cfg = replace(teacher.cfg, unit_norm=cfg.model.unit_norm)
-        t = LayerTargets(teacher, cfg.target_layer or teacher.cfg.unit_layer, torch.zeros(0))
-    feats = frame_features(t.features, clips, cfg.kmeans_clips)
-    log.info("fitting %d target clusters on %d frames (iteration %d)", k, len(feats), cfg.iteration)
-    t.centroids = kmeans(feats, k, iters=cfg.kmeans_iters, batch_size=KMEANS_BATCH)
-    return t
 
 
 # --------------------------------------------------------------------------- training
@@ -340,7 +279,7 @@ def make_optimizer(cfg: SemanticTrainConfig, model: torch.nn.Module) -> torch.op
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
 
 
-def new_run(cfg: SemanticTrainConfig, clips: list[Clip], init: str | None) -> Run:
+def new_run(cfg: SemanticTrainConfig, clips: list[AudioClip], init: str | None) -> Run:
     model = SemanticTokenizer(cfg.model)
     teacher = None
     if init:
@@ -420,7 +359,7 @@ def _log_line(out: Path, step: int, avg: dict, seconds: float) -> None:
 
 
 @torch.no_grad()
-def export(run: Run, clips: list[Clip], folder: Path, n_fit: int = 300, n_select: int = 150) -> Path:
+def export(run: Run, clips: list[AudioClip], folder: Path, n_fit: int = 300, n_select: int = 150) -> Path:
     """Choose the unit layer by PNMI on *training* voices, fit the unit k-means there, save the model."""
     from tokenlm.metrics import pnmi_stats
 

@@ -1,6 +1,7 @@
 """JSONL manifests: one ``Clip`` per line, the contract between the corpus and every trainer.
 
-A manifest lives at ``<root>/manifests/<part>.jsonl`` with ``part`` one of ``PARTS``. Every line is a
+A manifest lives at ``<root>/manifests/<part>.jsonl`` with ``part`` one of ``PARTS`` (the espeak phone
+corpus, ``corpus.espeak_corpus``, is a manifest of the same format kept in a folder of its own). Every line is a
 JSON object with at least the fields of ``Clip``; unknown keys are kept in ``Clip.extra`` so that a
 newer manifest still reads.
 
@@ -23,6 +24,9 @@ Field meanings (units in brackets):
 - ``group``: the unit that must not cross splits (speaker for speech, track for music).
 - mixtures only: ``sources`` (paths of the clean sources, the first is the target), ``snr_db``
   (level of the target over the sum of the others, in dB).
+
+``read_manifest`` / ``load_clips`` give the clips; ``load_audio_clips`` reads their audio and phones into
+memory (``AudioClip``) for the trainers that work on whole clips.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from tokenlm.codecs.audio import load_audio
+from tokenlm.corpus.phones import read_phones
 from tokenlm.errors import TokenlmError
-from tokenlm.utils import atomic_write_text, cache_dir
+from tokenlm.utils import atomic_write_text, cache_dir, progress
 
 KINDS = ("speech_real", "speech_synthetic", "music", "sounds", "mixture")
 PARTS = ("speech_real", "speech_synthetic", "music", "sounds", "mixtures")
@@ -95,8 +103,9 @@ def manifest_path(root: str | Path | None, part: str) -> Path:
     return data_root(root) / "manifests" / f"{part}.jsonl"
 
 
-def read_manifest(path: str | Path) -> list[Clip]:
-    """Read a JSONL manifest -> clips, in file order. A bad line raises with its line number."""
+def read_manifest(path: str | Path, split: str | None = None) -> list[Clip]:
+    """Read a JSONL manifest -> clips of ``split`` (None: all), in file order. A bad line raises with its
+    line number."""
     path = Path(path)
     if not path.is_file():
         raise TokenlmError(f"{path}: no such manifest (run `tokenlm data build`)")
@@ -108,7 +117,7 @@ def read_manifest(path: str | Path) -> list[Clip]:
             clips.append(Clip.from_json(json.loads(line)))
         except (ValueError, TypeError) as e:
             raise TokenlmError(f"{path}:{n}: not a manifest line ({e})") from None
-    return clips
+    return [c for c in clips if split is None or c.split == split]
 
 
 def write_manifest(path: str | Path, clips) -> Path:
@@ -133,3 +142,38 @@ def load_clips(root=None, kinds=None, split: str | None = None) -> list[Clip]:
         raise TokenlmError(f"no manifest for {sorted(kinds)} under {data_root(root)} (run `tokenlm data build`)")
     clips = [c for p in found for c in read_manifest(p)]
     return [c for c in clips if c.kind in kinds and (split is None or c.split == split)]
+
+
+# --------------------------------------------------------------------------- clips in memory
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """A clip's audio in memory: ``samples`` [N] float32 mono at the rate it was loaded at, and its phones
+    ``[(start_s, end_s, phone)]`` when it has a phone file."""
+
+    clip: Clip
+    samples: np.ndarray
+    phones: list[tuple[float, float, str]] | None
+
+    @property
+    def speaker(self) -> str:
+        return self.clip.speaker or ""
+
+    @property
+    def text(self) -> str:
+        return self.clip.text or ""
+
+    @property
+    def sentence(self) -> str:
+        """What was said, as an id: the same for every voice that speaks one sentence (default: the text)."""
+        return self.clip.extra.get("sentence", self.text)
+
+
+def load_audio_clips(clips: list[Clip], sample_rate: int, desc: str = "loading clips") -> list[AudioClip]:
+    """Read each clip's audio (mono, resampled to ``sample_rate`` Hz) and phone file (if it has one)."""
+    out = []
+    for c in progress(clips, desc=desc):
+        samples = load_audio(c.path, sample_rate=sample_rate).samples[0]
+        out.append(AudioClip(c, samples, read_phones(c.phones) if c.phones else None))
+    return out

@@ -3,6 +3,8 @@
 ``start`` and ``end`` are measured from the start of the clip's audio file; lines are in time order and do
 not overlap. Phone names are the engine's own (espeak-ng mnemonics, festival's radio phone set); pauses
 are ``_``/``_:`` (espeak) and ``pau`` (festival). ``frame_labels`` turns a file into one label per frame.
+Every phone-timed corpus writes this format: synthetic speech (``corpus.synth``) and the espeak phone corpus
+(``corpus.espeak_corpus``).
 """
 
 from __future__ import annotations
