@@ -328,8 +328,9 @@ def test_bf16_inference_close_to_fp32(codec):
 def test_bench_measures_an_onnx_export(tmp_path, codec):
     """``tokenlm bench codec``'s worker runs an exported folder (fresh subprocess) and reports real-time factors."""
     pytest.importorskip("onnxruntime")
-    from tokenlm.codecs.codec.bench import measure
     from tokenlm.codecs.codec.export import export
+
+    from tokenlm.bench.codec import measure
 
     export(codec, tmp_path, n_q=2, int8=True)
     r = measure(1, "onnx", str(tmp_path), "2", repeats=1, seconds=0.2)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tokenlm.kernels import bench
+from tokenlm.bench import kernels as bench
+from tokenlm.bench import worker
 
 
 @pytest.fixture
@@ -17,9 +18,9 @@ def in_process(monkeypatch):
     def spawn(kind, spec):
         if kind == "interp-worker":  # needs a process where triton is not imported yet; tested elsewhere
             return {"skipped": "in-process test"}
-        return bench.WORKERS[kind](spec)
+        return worker.run(kind, spec)
 
-    monkeypatch.setattr(bench, "_spawn", spawn)
+    monkeypatch.setattr(bench, "spawn", spawn)
     monkeypatch.setattr(bench, "RVQ_QUICK", dict(N=300, K=2, M=64, D=16))
     monkeypatch.setattr(bench, "ATTN_QUICK", dict(B=1, H=2, T=32, D=16, decode_T=64))
 
@@ -28,8 +29,8 @@ def test_measure_reports_time_and_peak():
     # A fresh process: in this one the buffer can come from memory an earlier test freed but the allocator kept
     # resident, which adds nothing to the RSS (CI once measured 0.0 MB here). Filled with b"x" so every page is touched.
     code = (
-        "import json; from tokenlm.kernels import bench; "
-        "print(json.dumps(bench.measure(lambda: b'x' * (50 * 2**20), 2)))"
+        "import json; from tokenlm.bench.measure import measure; "
+        "print(json.dumps(measure(lambda: b'x' * (50 * 2**20), 2)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

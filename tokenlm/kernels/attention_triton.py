@@ -231,7 +231,7 @@ class Launch(NamedTuple):
 
 def launch_config(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> Launch:
     """Tile sizes and warps. 64 x 64 tiles everywhere (bigger tiles also speed up the interpreter); on an
-    sm_90 compile (bench_gpu) fp16 at D <= 64 with 4 warps and D = 128 with 8 warps use <= 255 registers
+    sm_90 compile (tokenlm.bench.kernels_gpu) fp16 at D <= 64 with 4 warps and D = 128 with 8 warps use <= 255 registers
     without spills (4 warps at D = 128 spill 100-400 B). float32 at D = 128 needs smaller tiles (shared
     memory)."""
     block_d = max(16, triton.next_power_of_2(head_dim))

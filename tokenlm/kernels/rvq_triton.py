@@ -18,7 +18,7 @@ import triton.language as tl
 from .rvq import RVQEncoded, check_inputs, error_factor, rvq_encode_torch, squared_norms
 
 MAX_DIM = 256
-# GPU launch sizes for D <= 128. The ahead-of-time compile for sm_90 (bench_gpu) gave, for D = 128:
+# GPU launch sizes for D <= 128. The ahead-of-time compile for sm_90 (tokenlm.bench.kernels_gpu) gave, for D = 128:
 # 16 x 32 rows x codes, 4 warps: 182 registers, no spill; 32 x 32: 255 + 48 B spilled; 64 x 64: 255 + 2.4 KB.
 # (the IEEE float32 dot runs on FMA units and holds whole D-long rows per thread, hence the small tiles)
 GPU_BLOCK_N, GPU_BLOCK_M, GPU_NUM_WARPS = 16, 32, 4

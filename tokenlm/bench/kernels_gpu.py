@@ -9,14 +9,15 @@ reported. That proves the kernels are valid GPU Triton (the interpreter accepts 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import torch
+
+from .inputs import rvq_data, vqp_encoder
+from .measure import spawn
 
 ATTN_GPU_CASES = [(1024, 64), (1024, 128), (4096, 64), (4096, 128), (8192, 128)]
 
@@ -38,7 +39,7 @@ def _attention_case(T: int, D: int) -> dict:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from . import attention
+    from tokenlm.kernels import attention
 
     B, H = max(1, 16384 // T), 16
     q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
@@ -67,7 +68,7 @@ def _decode_gpu() -> dict:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from . import attention
+    from tokenlm.kernels import attention
 
     q = torch.randn(8, 16, 1, 128, device="cuda", dtype=torch.float16)
     k, v = (torch.randn(8, 16, 8192, 128, device="cuda", dtype=torch.float16) for _ in range(2))
@@ -88,8 +89,7 @@ def rvq_gpu(shape: dict) -> dict:
     """RVQ on CUDA: Triton kernel, PyTorch twin and (if installed) vector-quantize-pytorch; ms and peak MB."""
     from triton.testing import do_bench
 
-    from . import rvq_encode
-    from .bench import _vqp_encoder, rvq_data
+    from tokenlm.kernels import rvq_encode
 
     x, codebooks = (t.cuda() for t in rvq_data(**shape))
     methods = {
@@ -98,7 +98,7 @@ def rvq_gpu(shape: dict) -> dict:
     }
     vqp = None
     try:
-        encode = _vqp_encoder(codebooks)
+        encode = vqp_encoder(codebooks)
         methods["vector_quantize_pytorch"] = lambda: encode(x)
     except ImportError:
         vqp = "not installed"
@@ -127,8 +127,8 @@ def _signature(fn, types: dict) -> dict:
 
 def _aot_cases():
     """(name, kernel, argument types, constexprs) for each kernel, at the sizes the wrappers use on a GPU."""
-    from . import attention_triton as A
-    from . import rvq_triton as R
+    from tokenlm.kernels import attention_triton as A
+    from tokenlm.kernels import rvq_triton as R
 
     ptr = lambda t: f"*{t}"
     rvq_types = {n: ptr("fp32") for n in ("x_ptr", "cb_ptr", "norm_ptr", "cmax_ptr", "q_ptr")}
@@ -237,11 +237,7 @@ def aot_report(only: str | None = None) -> dict:
     """Compile the kernels for sm_90 in a subprocess (Triton's interpreter must be off there)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    cmd = [sys.executable, "-m", "tokenlm.kernels.bench", "aot-worker", json.dumps({"only": only})]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return spawn("aot-worker", {"only": only}, env=env)
 
 
 def gpu_section(kind: str, quick: bool, shape: dict | None = None) -> dict:

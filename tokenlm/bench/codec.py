@@ -80,8 +80,7 @@ def export_variants(model: str, folder: Path) -> dict[str, Path]:
         log.warning("onnxruntime not installed (pip install 'tokenlm[eval]'): ONNX rows left out")
         return {}
     from tokenlm import pretrained
-
-    from .export import export
+    from tokenlm.codecs.codec.export import export
 
     codec = pretrained.load(model)
     out = {}

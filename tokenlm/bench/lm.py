@@ -21,10 +21,10 @@ from types import SimpleNamespace
 
 import torch
 
-from .model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
-from .quant import DEFAULT_DECODE_PRECISION, decoding_copy
-from .sampling import SamplingParams, TokenRule, decode_steps, stream_codec
-from .vocab import Vocab
+from tokenlm.model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
+from tokenlm.quant import DEFAULT_DECODE_PRECISION, decoding_copy
+from tokenlm.sampling import SamplingParams, TokenRule, decode_steps, stream_codec
+from tokenlm.vocab import Vocab
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def gen_hf(g, prompt: torch.Tensor, steps: int) -> torch.Tensor:
 
 def small_codec_speed(quick: bool) -> dict:
     """The small config (configs/lm/small.yaml) generating 8-codebook frames with the delay pattern."""
-    from .config import load_config
-    from .train import TrainConfig
+    from tokenlm.config import load_config
+    from tokenlm.train import TrainConfig
 
     cfg = load_config(TrainConfig, "lm/small").model
     codec = SimpleNamespace(n_q=8, codebook_size=1024)
@@ -275,7 +275,7 @@ def cli(args) -> int:
     res = run(quick=args.quick)
     text = json.dumps(res, indent=2)
     if args.out:
-        from .utils import atomic_write_text
+        from tokenlm.utils import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     if args.json:

@@ -11,104 +11,23 @@ vs SDPA) that runs only where CUDA exists.
 
 from __future__ import annotations
 
-import gc
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-from ..utils import atomic_write_text
-from .bench_gpu import aot_worker, gpu_section
+from tokenlm.utils import atomic_write_text
+
+from .inputs import rvq_data, vqp_encoder
+from .kernels_gpu import gpu_section
+from .measure import bench_threads, measure, ratio, spawn
 
 RVQ_FULL = dict(N=50_000, K=8, M=1024, D=128)
 RVQ_QUICK = dict(N=4_000, K=4, M=256, D=64)
 VQP_MISSING = "vector-quantize-pytorch is not installed (pip install vector-quantize-pytorch, in tokenlm[eval])"
 
 
-# ---- measuring ----
-
-
-def ratio(a: float, b: float, digits: int = 2) -> float | None:
-    """a / b rounded, or None when b is zero (a run too short for the clock)."""
-    return round(a / b, digits) if b > 0 else None
-
-
-def bench_threads() -> int:
-    """Threads per benchmark process: $TOKENLM_BENCH_THREADS, default 1.
-
-    Why 1: this machine's 2 cores are shared with training jobs; a multi-threaded op waits at a barrier
-    for a thread that is not scheduled, which punishes many small ops (our search) far more than a few big
-    ones (the matmuls) and makes the comparison meaningless. One thread compares the algorithms.
-    """
-    import os
-
-    return int(os.environ.get("TOKENLM_BENCH_THREADS", "1"))
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset the peak-RSS counter (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def measure(fn, repeats: int) -> dict:
-    """Run ``fn`` ``repeats`` times: best and all wall times (s), best CPU time of the process (s), and the
-    peak extra RSS of the first run (MB)."""
-    gc.collect()
-    exact_peak = _reset_peak()
-    base = _status_kb("VmRSS")
-    times, cpu = [], []
-    for i in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        if i == 0:
-            peak = _status_kb("VmHWM") - base
-        del result
-    return {
-        "time_s": round(min(times), 6),
-        "cpu_s": round(min(cpu), 6),
-        "times_s": [round(t, 6) for t in times],
-        "peak_mb": round(peak / 1024, 1),
-        "peak_exact": exact_peak,
-    }
-
-
 # ---- RVQ ----
-
-
-def rvq_data(N: int, K: int, M: int, D: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random inputs ``[N, D]`` and codebooks ``[K, M, D]``, scale shrinking per level as in a trained RVQ."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D, generator=g)
-    codebooks = torch.randn(K, M, D, generator=g) * (0.7 ** torch.arange(K).float())[:, None, None]
-    return x, codebooks
-
-
-def _vqp_encoder(codebooks: torch.Tensor):
-    """vector-quantize-pytorch ResidualVQ holding our codebooks, eval mode (no EMA updates)."""
-    from vector_quantize_pytorch import ResidualVQ
-
-    K, M, D = codebooks.shape
-    rvq = ResidualVQ(dim=D, num_quantizers=K, codebook_size=M).eval()
-    for layer, cb in zip(rvq.layers, codebooks):
-        layer._codebook.embed.data.copy_(cb[None])
-        layer._codebook.initted.data.fill_(True)
-    return lambda x: rvq(x[None])[1][0]  # indices [N, K]
 
 
 def _bare_matmuls(x, codebooks, chunk_rows):
@@ -128,13 +47,13 @@ def _bare_matmuls(x, codebooks, chunk_rows):
 
 def _rvq_method(method: str, x, codebooks):
     """A no-argument callable for one method; returns codes [N, K] (or None for the bare products)."""
-    from . import rvq_encode
-    from .rvq import CHUNK_ROWS
+    from tokenlm.kernels import rvq_encode
+    from tokenlm.kernels.rvq import CHUNK_ROWS
 
     if method == "tokenlm":
         return lambda: rvq_encode(x, codebooks, backend="torch").codes
     if method == "vector_quantize_pytorch":
-        encode = _vqp_encoder(codebooks)
+        encode = vqp_encoder(codebooks)
         return lambda: encode(x)
     if method == "matmul_chunked":
         return _bare_matmuls(x, codebooks, CHUNK_ROWS)
@@ -161,16 +80,6 @@ def rvq_worker(spec: dict) -> dict:
 
         np.save(spec["codes_out"], fn_codes["codes"].numpy().astype(np.int16))
     return result
-
-
-def _spawn(kind: str, spec: dict) -> dict:
-    """Run a worker in a fresh interpreter; its one JSON line is the result."""
-    cmd = [sys.executable, "-m", "tokenlm.kernels.bench", kind, json.dumps(spec)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _vqp_installed() -> bool:
@@ -215,7 +124,7 @@ def bench_rvq(quick: bool = False, rounds: int | None = None, threads: int | Non
         for _ in range(rounds):
             for m in methods:
                 spec = dict(method=m, shape=shape, repeats=2, threads=threads, codes_out=f"{tmp}/{m}.npy")
-                results[m].append(_spawn("rvq-worker", spec))
+                results[m].append(spawn("rvq-worker", spec))
         codes = {m: np.load(f"{tmp}/{m}.npy") for m in methods if Path(f"{tmp}/{m}.npy").exists()}
     merged = {m: merge_rounds(r) for m, r in results.items()}
     if not _vqp_installed():
@@ -321,7 +230,7 @@ ATTN_QUICK = dict(B=1, H=4, T=256, D=64, decode_T=512)
 
 
 def _attn_fns(impl: str):
-    from .attention import attention_naive, attention_torch
+    from tokenlm.kernels.attention import attention_naive, attention_torch
 
     return {"sdpa_twin": attention_torch, "naive": attention_naive}[impl]
 
@@ -350,9 +259,9 @@ def attn_worker(spec: dict) -> dict:
 def interp_worker(spec: dict) -> dict:
     """Subprocess body: max abs error of out and grads of Triton attention (interpreter) and of SDPA in the
     input dtype, both against float32 SDPA."""
-    from . import attention
-    from .attention import attention_torch
-    from .dispatch import import_triton
+    from tokenlm.kernels import attention
+    from tokenlm.kernels.attention import attention_torch
+    from tokenlm.kernels.dispatch import import_triton
 
     import_triton(for_cpu=True)
     report = {}
@@ -387,7 +296,7 @@ def bench_attention(quick: bool = False, repeats: int | None = None, threads: in
     cpu = {}
     for case in ("fwd", "fwd_bwd", "decode"):
         cpu[case] = {
-            impl: _spawn("attn-worker", dict(impl=impl, case=case, shape=shape, repeats=repeats, threads=threads))
+            impl: spawn("attn-worker", dict(impl=impl, case=case, shape=shape, repeats=repeats, threads=threads))
             for impl in ("sdpa_twin", "naive")
         }
         both = cpu[case]
@@ -401,7 +310,7 @@ def bench_attention(quick: bool = False, repeats: int | None = None, threads: in
         "dtype": "float32",
         "timing": f"best of {repeats} runs, each in a fresh process; the CPU is shared, so times are noisy",
         "cpu": cpu,
-        "interpreter_accuracy": _spawn("interp-worker", {}),
+        "interpreter_accuracy": spawn("interp-worker", {}),
         "gpu": gpu_section("attention", quick),
     }
 
@@ -428,14 +337,3 @@ def attention_table(report: dict) -> str:
 def cli_attention(args) -> int:
     """``tokenlm bench attention [--json] [--out FILE] [--quick]``."""
     return _emit(bench_attention(quick=args.quick), args, attention_table)
-
-
-WORKERS = {
-    "rvq-worker": rvq_worker,
-    "attn-worker": attn_worker,
-    "aot-worker": aot_worker,
-    "interp-worker": interp_worker,
-}
-
-if __name__ == "__main__":
-    print(json.dumps(WORKERS[sys.argv[1]](json.loads(sys.argv[2]))))
