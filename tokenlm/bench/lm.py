@@ -3,7 +3,10 @@
 Measured (each a best of several alternating repeats, because the CPU is shared and noisy):
 
 * training tokens/s (forward + backward + AdamW step) of ``TokenLM`` and ``GPT2LMHeadModel`` (random
-  init from a ``GPT2Config`` with the same width, depth, heads, vocabulary and sequence length);
+  init from a ``GPT2Config`` with the same width, depth, heads, vocabulary and sequence length). The
+  headline runs both under the training precision policy (``utils.resolve_precision("auto")``: bf16
+  autocast only on a CPU with native bf16 products; on an AVX2 CPU bf16 is emulated and 10-20x slower);
+  fp32 and bf16 rows of both stand beside it, and the report names the CPU;
 * cached generation steps/s (batch 1, greedy) of our ``sampling.decode_steps`` and of GPT-2's
   ``generate`` with its KV cache: ours with int8 weights (``tokenlm.quant``, what generation uses) and
   ours in fp32 like GPT-2 (``gen_vs_hf_gpt2_both_fp32``);
@@ -24,6 +27,7 @@ import torch
 from tokenlm.model import TokenLM, TokenLMConfig, config_for_vocab, lm_loss
 from tokenlm.quant import DEFAULT_DECODE_PRECISION, decoding_copy
 from tokenlm.sampling import SamplingParams, TokenRule, decode_steps, stream_codec
+from tokenlm.utils import cpu_description, cpu_has_fast_bf16, resolve_precision
 from tokenlm.vocab import Vocab
 
 
@@ -76,12 +80,8 @@ def hf_gpt2(s: Shape, vocab_size: int):
 
 
 def train_steppers(s: Shape) -> dict:
-    """Closures that each run one full training step on the same batch, keyed by variant.
-
-    "ours" trains under bf16 autocast (the configs' mixed precision: AVX-512 bf16 matmuls ran ~4x
-    faster than fp32 here); "hf_gpt2" is GPT-2 as it comes (fp32); the fp32 / bf16 twins of each are
-    measured too so that every comparison can be read like for like.
-    """
+    """Closures that each run one full training step on the same batch, keyed ``<model>_<precision>``:
+    ours and GPT-2, each in fp32 and under bf16 autocast, so that every comparison reads like for like."""
     m = ours(s)
     vocab = m.vocab
     g = hf_gpt2(s, vocab.size)
@@ -107,9 +107,9 @@ def train_steppers(s: Shape) -> dict:
         opt_g.zero_grad(set_to_none=True)
 
     return {
-        "ours": lambda: step_ours(True),
-        "hf_gpt2": lambda: step_hf(False),
         "ours_fp32": lambda: step_ours(False),
+        "hf_gpt2_fp32": lambda: step_hf(False),
+        "ours_bf16": lambda: step_ours(True),
         "hf_gpt2_bf16": lambda: step_hf(True),
         "_params": (m.num_params(), sum(p.numel() for p in g.parameters())),
     }
@@ -207,8 +207,9 @@ def run(quick: bool = False) -> dict:
     n_ours, n_hf = steps.pop("_params")
     names = list(steps)
     times = dict(zip(names, best_time([steps[n] for n in names], s.repeats)))
-    tok = s.batch * s.seq_len
     res = {
+        "cpu": cpu_description(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),
         "shape": {
             "n_layers": s.n_layers,
             "dim": s.dim,
@@ -220,19 +221,29 @@ def run(quick: bool = False) -> dict:
         "threads": torch.get_num_threads(),
         "params_ours_m": round(n_ours / 1e6, 2),
         "params_hf_gpt2_m": round(n_hf / 1e6, 2),
-        "train_precision": "ours: bf16 autocast; hf_gpt2: fp32 (as it comes)",
-        "train_tokens_per_s": round(tok / times["ours"], 1),
-        "train_tokens_per_s_hf_gpt2": round(tok / times["hf_gpt2"], 1),
-        "train_tokens_per_s_vs_hf_gpt2": round(times["hf_gpt2"] / times["ours"], 2),
-        "train_tokens_per_s_fp32": round(tok / times["ours_fp32"], 1),
-        "train_tokens_per_s_hf_gpt2_bf16": round(tok / times["hf_gpt2_bf16"], 1),
-        "train_vs_hf_gpt2_both_fp32": round(times["hf_gpt2"] / times["ours_fp32"], 2),
-        "train_vs_hf_gpt2_both_bf16": round(times["hf_gpt2_bf16"] / times["ours"], 2),
+        **train_rows(times, s.batch * s.seq_len, resolve_precision("auto", "cpu")),
     }
     del steps
     res.update(generation(s))
     res.update(small_codec_speed(quick))
     res["note"] = f"best of {s.repeats} alternating repeats per measurement on a shared CPU"
+    return res
+
+
+def train_rows(times: dict, tokens: int, precision: str) -> dict:
+    """Tokens/s from the step times (``times["ours_fp32"]`` etc., s): the headline at ``precision`` (what
+    training would use here) for both models, then every model x precision."""
+    per_s = lambda key: round(tokens / times[key], 1)  # noqa: E731
+    res = {
+        "train_precision": f"{precision} for both (training's policy on this CPU: resolve_precision('auto'))",
+        "train_tokens_per_s": per_s(f"ours_{precision}"),
+        "train_tokens_per_s_hf_gpt2": per_s(f"hf_gpt2_{precision}"),
+        "train_tokens_per_s_vs_hf_gpt2": round(times[f"hf_gpt2_{precision}"] / times[f"ours_{precision}"], 2),
+    }
+    for p in ("fp32", "bf16"):
+        res[f"train_tokens_per_s_{p}"] = per_s(f"ours_{p}")
+        res[f"train_tokens_per_s_hf_gpt2_{p}"] = per_s(f"hf_gpt2_{p}")
+        res[f"train_vs_hf_gpt2_both_{p}"] = round(times[f"hf_gpt2_{p}"] / times[f"ours_{p}"], 2)
     return res
 
 
