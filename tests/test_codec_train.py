@@ -152,16 +152,20 @@ def test_adversarial_phase_trains_generator_and_discriminators(tmp_path, corpus,
     assert resumed.disc is not None and resumed.step == 4
 
 
+EXPERIMENTS = ("small_gan", "small_gan_mpd", "small_gan_mpd2", "small_ola2", "small_logspec", "small_scratch")
+
+
 @pytest.mark.parametrize(
-    "name", ["tiny", "small", "base", "encodec_peer", "small_gan", "small_gan_mpd", "small_ola2", "small_logspec"]
+    "name",
+    [f"codec/{n}" for n in ("tiny", "small", "base", "encodec_peer")] + [f"experiments/codec/{n}" for n in EXPERIMENTS],
 )
 def test_shipped_codec_configs_load(name):
     from tokenlm.codecs.codec.train import PeerTrainConfig
 
     from tokenlm.config import read_yaml
 
-    cls = PeerTrainConfig if read_yaml(f"codec/{name}").get("arch") == "encodec-peer" else TrainConfig
-    cfg = load_config(cls, f"codec/{name}")
+    cls = PeerTrainConfig if read_yaml(name).get("arch") == "encodec-peer" else TrainConfig
+    cfg = load_config(cls, name)
     assert cfg.model.sample_rate in (16000, 24000)
 
 
@@ -325,11 +329,15 @@ def test_bundle_a_run_fp16_with_card_pictures_and_training_config(tmp_path, corp
 
     with safe_open(dest / "model.safetensors", "pt") as f:
         assert all(f.get_tensor(k).dtype in (torch.float16, torch.int64, torch.bool) for k in f.keys())
-    # lines on earlier phases go on the card and stay there when the card is refreshed from the bundled folder
+    # lines on earlier phases go on the card and stay there when the card is refreshed from the bundled folder,
+    # and so does the hand-written "Experiments" section
     cb.bundle(tmp_path / "run", "codec-test", history=["phase one: 2 steps"])
+    with open(dest / "README.md", "a") as f:
+        f.write("\n## Experiments\n\n| config | what changed | measured |\n")
     shutil.rmtree(tmp_path / "run")
     dest = cb.bundle(dest, "codec-test")
-    assert "- phase one: 2 steps" in (dest / "README.md").read_text()
+    card = (dest / "README.md").read_text()
+    assert "- phase one: 2 steps" in card and card.count("## Experiments\n\n| config |") == 1
 
 
 def test_new_quantizer_settings_still_continue_the_committed_model():

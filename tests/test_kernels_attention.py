@@ -1,7 +1,7 @@
 """Triton attention (interpreter mode on CPU) against its twin, SDPA, and the twin against naive attention.
 
 Tolerances: float32 inputs 1e-4 absolute on outputs and gradients (observed ~1e-6). float16: 1e-2 absolute
-against float32 SDPA on the same rounded inputs (the goal of issue 5; observed <= 2e-3). bfloat16 has an
+against float32 SDPA on the same rounded inputs (the target; observed <= 2e-3). bfloat16 has an
 8-bit mantissa, so one rounding of a gradient of size 2-4 is already 0.016 (SDPA's own bfloat16 result is
 off by that much): there the bound is 1e-2 absolute plus 1e-2 relative.
 """

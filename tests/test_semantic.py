@@ -381,3 +381,13 @@ def test_unit_norm_cmvn_normalises_units_and_targets(corpus, tmp_path):
     st = load_state(tmp_path / "it2" / "state.safetensors")
     assert "'unit_norm': 'cmvn'" in st["teacher_config"]
     assert load(folder).cfg.unit_norm == "cmvn"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f"semantic/{n}" for n in ("tiny", "small", "base")]
+    + [f"experiments/semantic/{n}" for n in ("small_v2", "small_it2", "small_it2_vtlp", "small_it3", "medium_it4")],
+)
+def test_shipped_semantic_configs_load(name):
+    cfg = load_config(SemanticTrainConfig, name)
+    assert cfg.model.sample_rate == 16000 and cfg.name.startswith("semantic-")

@@ -31,11 +31,11 @@ BUILDERS: dict[str, str] = {
     "lm": "tokenlm.model:TokenLM",
 }
 
-# What each bundled name is for, so a missing one can say which issue builds it.
+# What each bundled name is and what builds it, so that a missing one can say so.
 EXPECTED: dict[str, str] = {
-    "codec-16k": "the 16 kHz RVQ codec (issue C)",
-    "semantic-16k": "the semantic tokenizer (issue S)",
-    "lm-small": "the token LM (issue L and the task issues)",
+    "codec-16k": "the 16 kHz RVQ codec (tokenlm train codec, then tokenlm.codecs.codec.bundle)",
+    "semantic-16k": "the semantic tokenizer (tokenlm train semantic, then tokenlm.codecs.semantic.bundle)",
+    "lm-small": "the token LM (tokenlm train lm)",
 }
 
 
@@ -100,3 +100,16 @@ def register(name: str, kind: str) -> str:
 
     atomic_write_text(REGISTRY_FILE, json.dumps(reg, indent=2, sort_keys=True) + "\n")
     return digest
+
+
+def card_section(folder: str | os.PathLike, title: str) -> str:
+    """The ``## <title>`` section of the model card in ``folder`` (up to the next ``## ``), or ``""``: what a
+    bundler carries over when it writes the card again (e.g. "Experiments", which no run reports)."""
+    card = Path(folder) / "README.md"
+    lines = card.read_text().splitlines() if card.is_file() else []
+    head = f"## {title}"
+    if head not in lines:
+        return ""
+    start = lines.index(head)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip() + "\n"

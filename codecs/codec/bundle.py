@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tokenlm.checkpoint import load_state, load_weights, read_model_config, save_model
-from tokenlm.pretrained import WEIGHTS_DIR, register
+from tokenlm.pretrained import WEIGHTS_DIR, card_section, register
 from tokenlm.utils import atomic_write_text
 
 from .evaluate import markdown
@@ -87,7 +87,7 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
     else:
         lines.append(
             "- no adversarial losses: tried from a trained model on one CPU core, the discriminators stayed near "
-            "chance and made held-out quality worse (configs/codec/small.yaml says more)."
+            "chance and made held-out quality worse (see Experiments)."
         )
     lines += [
         "",
@@ -121,8 +121,7 @@ def model_card(name: str, doc: dict, eval_results: dict | None, bench: dict | No
     lines += [
         "## Limits",
         "",
-        "Trained for a short CPU budget: it is far from the quality of Opus at the same "
-        "rate on speech; see the issue notes for the plan (adversarial training, more hours).",
+        "Trained for a short CPU budget: it is far from the quality of Opus at the same rate on speech.",
         "",
     ]
     return "\n".join(lines)
@@ -165,7 +164,9 @@ def bundle(
         train["history"] = list(train.get("history", [])) + list(history)
     if train is not None:
         atomic_write_text(dest / "training.json", json.dumps(train, indent=1) + "\n")
-    atomic_write_text(dest / "README.md", model_card(name, doc, ev, be, train))
+    experiments = card_section(dest, "Experiments")  # written by hand: kept when the card is refreshed
+    card = model_card(name, doc, ev, be, train)
+    atomic_write_text(dest / "README.md", card + ("\n" + experiments if experiments else ""))
     register(name, "codec")
     return dest
 

@@ -97,7 +97,7 @@ class Discriminators(nn.Module):
     init and the corpus's -23 LUFS audio (RMS ~0.05), the input-dependent part of the logits was ~1e-3 of the
     bias part, so real and fake clips got the same logits and the hinge loss sat at chance (2.0) for hundreds of
     steps: 30 discriminator-only steps against clips plus white noise at 10 dB SNR left it at 1.99; gain 10 and
-    zero biases brought it to 1.39 (and both of session 7's GAN runs had stalled at 1.6-2.0)."""
+    zero biases brought it to 1.39 (GAN runs with the default init stalled at 1.6-2.0)."""
 
     def __init__(self, mpd_channels=(16, 64, 128, 128), stft_channels: int = 16, input_gain: float = 10.0):
         super().__init__()

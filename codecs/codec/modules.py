@@ -98,9 +98,9 @@ class ISTFTHead(nn.Module):
 
     ``overlap = 1``: one frame per codec frame, hann windows at 50% overlap. ``overlap = 2``: two frames per codec
     frame at 75% overlap (Vocos's hop = n_fft / 4): every output sample is the sum of four frames instead of two
-    (on codec-16k v4's trunk it measured no better than 1, see configs/codec/small_ola2.yaml). The phase comes from a
-    predicted 2-vector normalised to unit length, which has no wrap-around discontinuity (Vocos predicts an angle
-    through cos/sin for the same reason).
+    (on codec-16k's trunk it measured no better than 1: configs/experiments/codec/small_ola2.yaml). The phase comes
+    from a predicted 2-vector normalised to unit length, which has no wrap-around discontinuity (Vocos predicts an
+    angle through cos/sin for the same reason).
     """
 
     def __init__(self, dim: int, hop: int, overlap: int = 1):

@@ -87,7 +87,7 @@ class TrainConfig:
     precision: str = "auto"
     # > 0: an exponential moving average of the generator's weights (this decay per step) is what checkpoints
     # export and the held-out probe measures. Adversarial training swings from checkpoint to checkpoint
-    # (small_gan_mpd2: held-out ViSQOL at 3 kbps 1.430 at step 3,331, 1.318 at 4,024); the average does not.
+    # (experiments/codec/small_gan_mpd2: ViSQOL at 3 kbps 1.430 at step 3,331, 1.318 at 4,024); the average does not.
     weight_ema: float = 0.0
     kmeans_batches: int = 24
     checkpoint_minutes: float = 5.0

@@ -16,7 +16,7 @@ import torch
 
 from tokenlm.checkpoint import load_weights, read_model_config, save_model
 from tokenlm.errors import TokenlmError
-from tokenlm.pretrained import WEIGHTS_DIR, register
+from tokenlm.pretrained import WEIGHTS_DIR, card_section, register
 
 MAX_BYTES = 30 * 2**20
 SAME, DIFF = "same_sentence_cross_voice", "diff_sentence_same_voice"
@@ -100,6 +100,7 @@ def bundle(
             k: report[k] for k in ("pnmi", "pnmi_mfcc_kmeans", "phone_purity", "cluster_purity", "speaker_invariance")
         },
     }
+    experiments = card_section(WEIGHTS_DIR / name, "Experiments")  # written by hand: kept across bundles
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(tmp) / "README.md"
         text = model_card(name, doc, report, train_info)
@@ -107,7 +108,7 @@ def bundle(
         if plot is not None:
             extra["units.png"] = Path(plot)
             text += "\n![units over a held-out clip, phone boundaries as lines](units.png)\n"
-        card.write_text(text)
+        card.write_text(text + ("\n" + experiments if experiments else ""))
         dest = save_model(
             WEIGHTS_DIR / name,
             "semantic",

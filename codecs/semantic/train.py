@@ -1,7 +1,7 @@
 """Train the semantic tokenizer: HuBERT-style masked prediction of k-means targets, resumable.
 
 ``tokenlm train semantic --config semantic/small`` runs iteration 1 (targets: k-means of MFCC + deltas);
-``--config semantic/small_it2 --init RUN/model`` runs iteration 2 (targets: k-means of a layer of the
+``--config experiments/semantic/small_it2 --init RUN/model`` runs iteration 2 (targets: k-means of a layer of the
 iteration-1 model). The run folder holds ``state.safetensors`` (model, optimizer, step, RNG, target
 centroids; written atomically every ``checkpoint_minutes``) and, at the end, ``model/``: the exported
 tokenizer with its unit k-means, loadable with ``tokenlm.pretrained.load``.

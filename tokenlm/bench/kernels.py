@@ -166,7 +166,7 @@ def judge_disagreements(ours: torch.Tensor, theirs: torch.Tensor, x: torch.Tenso
 
 
 def _rvq_goals(methods: dict) -> dict:
-    """Ratios and the issue's goals: >= 6x faster and <= 1/4 the peak of vqp, <= 1.3x the bare matmuls.
+    """Ratios and the goals set for our search: >= 6x faster and <= 1/4 the peak of vqp, <= 1.3x the bare matmuls.
 
     Time ratios are given for wall time and for CPU time; the goals are judged on CPU time, which the
     other jobs on the shared cores disturb less (both use the same thread count).
