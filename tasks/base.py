@@ -11,6 +11,9 @@ Layouts (``[...]`` = a stream of ids, ``->`` = the target, with loss)::
     asr       bos <asr> [codec frames of the audio] sos_text  ->  <lang> [text pieces] eos
     tts       bos <tts> <lang> [text] sos_audio               ->  [codec frames] eos
     clone     bos <clone> <lang> [prompt text] sep [text] sos_audio [prompt codec frames]  ->  [codec frames] eos
+    separate  bos <separate> <speech|music|sound> [mixture codec frames] sos_audio  ->  [that source's frames] eos
+    caption   bos <caption> [codec frames] sos_text        ->  [caption pieces] eos
+    continue  bos <continue> [prompt codec frames]          ->  [the next frames]
 
 Codec frames are laid out with the delay pattern (``tokenlm.layout``); a prompt's frames are a segment of
 their own, so the target's codebooks start aligned, as they do when generation starts.
@@ -83,12 +86,18 @@ class TaskContext:
         return ids
 
 
+SPEECH_KINDS = ("speech_real", "speech_synthetic")
+
+
 class Task:
-    """A prompted task. Subclasses set ``name`` and ``output`` and implement ``condition`` and ``target``."""
+    """A prompted task. Subclasses set ``name`` and ``output`` and implement ``condition`` and ``target``;
+    ``accepts`` and ``draw`` say which corpus clips make training examples and what else an example needs."""
 
     name: str = ""
     output: str = ""  # "text" or "codec": what the LM generates
     needs_text: bool = False  # training examples must have a transcript / caption
+    kinds: tuple[str, ...] = SPEECH_KINDS  # corpus kinds the task trains on
+    longest: float = 0.75  # longest clip, as a share of the row (the rest: text, prompts)
 
     def condition(self, ctx: TaskContext, ex: Example, **kw) -> Prompt:
         """The prompt without the target: what the model is given at inference."""
@@ -104,19 +113,27 @@ class Task:
 
     def accepts(self, ex: Example) -> bool:
         """Whether a clip can be a training example of this task."""
-        return not self.needs_text or bool(ex.text and ex.text.strip())
+        return ex.kind in self.kinds and (not self.needs_text or bool(ex.text and ex.text.strip()))
+
+    def draw(self, src: Any, rng: np.random.Generator, split: str, ex: Example) -> tuple[Example, dict]:
+        """The example and the other inputs of ``condition`` for a drawn clip (``src``: the batch source)."""
+        return ex, {}
 
 
 class TextTarget(Task):
-    """Tasks whose output is text: ``<lang> [pieces] eos`` after ``sos_text``."""
+    """Tasks whose output is text: ``[<lang>] [pieces] eos`` after ``sos_text``."""
 
     output = "text"
     needs_text = True
+    says_language = True  # the first target token is the language (ASR); captions are English only
+
+    def text_of(self, ex: Example) -> str:
+        return ex.text
 
     def target(self, ctx: TaskContext, p: Prompt, ex: Example) -> Prompt:
-        if ctx.vocab.has_language(ex.language):
+        if self.says_language and ctx.vocab.has_language(ex.language):
             p.language(ex.language, loss=True)
-        return p.text(ctx.text_ids(ex.text), loss=True).special("eos", loss=True)
+        return p.text(ctx.text_ids(self.text_of(ex)), loss=True).special("eos", loss=True)
 
 
 class CodecTarget(Task):
@@ -129,12 +146,12 @@ class CodecTarget(Task):
 
 
 class LangThenText(StepRule):
-    """Decoding rule for text outputs: one language id first (where the vocabulary has languages), then
-    text pieces until eos or ``max_tokens``."""
+    """Decoding rule for text outputs: one language id first (where the task says its language and the
+    vocabulary has languages), then text pieces until eos or ``max_tokens``."""
 
-    def __init__(self, vocab, n_streams: int, batch: int, max_tokens: int = 200):
+    def __init__(self, vocab, n_streams: int, batch: int, max_tokens: int = 200, language: bool = True):
         self.K, self.max_tokens = n_streams, max_tokens
-        self.first = vocab.mask("lang") if vocab.languages else None
+        self.first = vocab.mask("lang") if vocab.languages and language else None
         self.text = kind_mask(vocab, "text")
         self.pad, self.eos = vocab.pad, vocab.eos
         self.finished = torch.zeros(batch, dtype=torch.bool)
@@ -177,7 +194,7 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
-    from . import asr, clone, tts  # noqa: F401  (each module registers its task)
+    from . import asr, caption, clone, continue_, separate, tts  # noqa: F401  (each module registers its task)
 
     if name not in TASKS:
         raise TokenlmError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})")

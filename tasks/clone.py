@@ -24,5 +24,9 @@ class Clone(CodecTarget):
     def accepts(self, ex: Example) -> bool:
         return super().accepts(ex) and ex.speaker is not None
 
+    def draw(self, src, rng, split, ex):
+        """The voice prompt: another short utterance of the same speaker."""
+        return ex, {"voice": src.voice_for(rng, split, ex)}
+
 
 register(Clone())

@@ -86,3 +86,45 @@ def cli_tts(args) -> int:
     log.info("%.2f s of audio in %.2f s (%.2fx real time), first audio after %.2f s", dur, seconds, dur / seconds, first)
     print(out)
     return 0
+
+
+def cli_separate(args) -> int:
+    from tokenlm.codecs.audio import save_audio
+
+    _check_input(args.input)
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise TokenlmError(f"{outdir}: exists and is not a directory")
+    if not outdir.parent.exists():
+        raise TokenlmError(f"{outdir.parent}: no such directory")
+    pipe = _pipeline(args.model)
+    result = pipe.separate(args.input, target=args.target, seed=args.seed)  # everything is computed first
+    outdir.mkdir(exist_ok=True)
+    for name, wav in result.items():
+        print(save_audio(outdir / f"{name}.wav", wav, pipe.sample_rate))  # each file written atomically
+    return 0
+
+
+def cli_caption(args) -> int:
+    _check_input(args.input)
+    pipe = _pipeline(args.model)
+    out = pipe.caption(args.input)
+    print(json.dumps(out, ensure_ascii=False) if args.json else out["caption"])
+    return 0
+
+
+def cli_continue(args) -> int:
+    from tokenlm.codecs.audio import save_audio
+
+    _check_input(args.input)
+    out = _check_output(args.output, args.input)
+    if not 0 < args.seconds <= 120:
+        raise TokenlmError("--seconds must be in (0, 120]")
+    pipe = _pipeline(args.model)
+    wav = pipe.continue_(
+        args.input, seconds=args.seconds, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, cfg_scale=args.cfg,
+    )
+    save_audio(out, wav, pipe.sample_rate)
+    print(out)
+    return 0

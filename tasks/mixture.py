@@ -71,31 +71,40 @@ class MultitaskSource:
 
     # ------------------------------------------------------------------ which clips each task may use
     def _index_items(self) -> None:
-        """Per split and task, the (part, item) pairs it may draw; per split and speaker, voice prompts."""
-        longest = self.d.seq_len // 2 + self.d.seq_len // 4  # frames: room for text and a voice prompt
+        """Per split and task, the (part, item) pairs it may draw; per split and speaker, voice prompts;
+        the sources of each mixture (``<part>_sources`` shard folders)."""
         prompt_frames = (1.0 * self.frame_rate, self.d.max_prompt_seconds * self.frame_rate)
         self.items = {s: defaultdict(list) for s in ("train", "eval")}
         self.voices = {s: defaultdict(list) for s in ("train", "eval")}
+        self.sources: dict[str, dict[int, tuple[str, int]]] = defaultdict(dict)
         for pname, shards in self.parts.items():
             for i, it in enumerate(shards.index):
+                if "source_of" in it:  # a mixture's source, not a clip of its own
+                    self.sources[it["source_of"]][int(it["source_index"])] = (pname, i)
+                    continue
                 split = it.get("split", "train")
                 ex = self._light(it)
                 for name, task in self.tasks.items():
-                    if it["n_frames"] <= longest and task.accepts(ex):
+                    if it["n_frames"] <= task.longest * self.d.seq_len and task.accepts(ex):
                         self.items[split][name].append((pname, i))
-                if ex.speaker and ex.text and prompt_frames[0] <= it["n_frames"] <= prompt_frames[1]:
+                speech = ex.kind in ("speech_real", "speech_synthetic")
+                if speech and ex.speaker and ex.text and prompt_frames[0] <= it["n_frames"] <= prompt_frames[1]:
                     self.voices[split][ex.speaker].append((pname, i))
+        for split in ("train", "eval"):
+            if "clone" in self.tasks:  # only speakers with a voice prompt besides the target itself
+                self.items[split]["clone"] = [
+                    (p, i) for p, i in self.items[split]["clone"]
+                    if len(self.voices[split][self.parts[p].index[i]["speaker"]]) >= 2
+                ]
+            if "separate" in self.tasks:  # only mixtures whose sources were tokenized
+                self.items[split]["separate"] = [
+                    (p, i) for p, i in self.items[split]["separate"] if len(self.sources[self.parts[p].index[i]["id"]]) == 2
+                ]
         for name in self.tasks:
-            if name == "clone":  # only speakers with a voice prompt besides the target itself
-                for split in ("train", "eval"):
-                    self.items[split][name] = [
-                        (p, i) for p, i in self.items[split][name]
-                        if len(self.voices[split][self.parts[p].index[i]["speaker"]]) >= 2
-                    ]
             if not self.items["train"][name]:
                 raise TokenlmError(f"no training clips for task {name!r} in {shard_root(self.d.shards)}")
         log.info(
-            "multitask data: %s",
+            "multitask data (train/eval examples): %s",
             ", ".join(f"{n} {len(self.items['train'][n])}/{len(self.items['eval'][n])}" for n in self.tasks),
         )
 
@@ -109,6 +118,7 @@ class MultitaskSource:
             speaker=info.get("speaker"),
             kind=info.get("kind"),
             labels=tuple(info.get("labels") or ()),
+            info=info,
         )
 
     def example(self, part: str, i: int) -> Example:
@@ -124,24 +134,30 @@ class MultitaskSource:
             info=info,
         )
 
-    def save_extras(self, folder: Path) -> None:
-        """Beside a saved LM: the text model its text ids come from (``tokenizer.model``)."""
-        from tokenlm.utils import atomic_write_bytes
+    def voice_for(self, rng: np.random.Generator, split: str, ex: Example) -> Example:
+        """A voice prompt for ``ex``: another short utterance of its speaker, with its transcript."""
+        voices = [v for v in self.voices[split][ex.speaker] if self.parts[v[0]].index[v[1]]["id"] != ex.info.get("id")]
+        return self.example(*pick(rng, voices))
 
-        atomic_write_bytes(Path(folder) / "tokenizer.model", self.text_model.read_bytes())
+    def source_of(self, mixture: Example, j: int) -> Example:
+        """Source ``j`` of a corpus mixture (0: the target as mixed, 1: the interferer)."""
+        src = self.example(*self.sources[mixture.info["id"]][j])
+        return Example(codes=src.codes, kind=mixture.kind, info=src.info)
 
     # ------------------------------------------------------------------ batches
     def prompt(self, rng: np.random.Generator, split: str, task: str | None = None):
         """One training example (``PromptTensors``) of ``task`` (by the mixture weights when None)."""
         name = task or list(self.tasks)[int(rng.choice(len(self.tasks), p=self.weights))]
         items = self.items[split][name] or self.items["train"][name]
-        part, i = pick(rng, items)
-        ex = self.example(part, i)
-        kw = {}
-        if name == "clone":
-            voices = [v for v in self.voices[split][ex.speaker] if v != (part, i)]
-            kw["voice"] = self.example(*pick(rng, voices))
-        return self.tasks[name].example(self.ctx, ex, **kw).build()
+        t = self.tasks[name]
+        ex, kw = t.draw(self, rng, split, self.example(*pick(rng, items)))
+        return t.example(self.ctx, ex, **kw).build()
+
+    def save_extras(self, folder: Path) -> None:
+        """Beside a saved LM: the text model its text ids come from (``tokenizer.model``)."""
+        from tokenlm.utils import atomic_write_bytes
+
+        atomic_write_bytes(Path(folder) / "tokenizer.model", self.text_model.read_bytes())
 
     def batch(self, index: int, split: str = "train", task: str | None = None) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, index, 0 if split == "train" else 1])

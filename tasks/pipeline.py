@@ -101,8 +101,8 @@ class Pipeline:
         language = max(set(langs), key=langs.count) if langs else None
         return Transcript(" ".join(r["text"] for r in rows if r["text"]), language, rows)
 
-    def _generate_text(self, prompt: torch.Tensor, max_tokens: int) -> torch.Tensor:
-        rule = LangThenText(self.lm.vocab, prompt.shape[1], 1, max_tokens)
+    def _generate_text(self, prompt: torch.Tensor, max_tokens: int, language: bool = True) -> torch.Tensor:
+        rule = LangThenText(self.lm.vocab, prompt.shape[1], 1, max_tokens, language=language)
         p = SamplingParams(temperature=0.0, threads=self.threads)
         steps = [s[0, 0] for s in decode_steps(self.lm, prompt, rule, p)]
         return torch.stack(steps) if steps else torch.zeros(0, dtype=torch.long)
@@ -143,22 +143,108 @@ class Pipeline:
             max_frames = min(budget, int(self.frame_rate * (2.0 + len(sentence) / 6.0)))
             if max_frames < self.frame_rate:
                 raise TokenlmError("the voice prompt and text leave no room to speak in the model's context")
-            starts = torch.tensor([self.lm.vocab.codec_range(k).start for k in range(self.ctx.n_q)])
             pending = []
-            for frame in stream_codec(self.lm, prompt, max_frames, p, generator=gen):
-                if int(frame[0, 0]) == self.lm.vocab.eos:
-                    break
-                pending.append(frame[0] - starts)
+            for frame in self._frames(prompt, max_frames, p, gen):
+                pending.append(frame)
                 if len(pending) == chunk_frames:
                     yield self._decode_frames(decoder, pending)
                     pending = []
             if pending:
                 yield self._decode_frames(decoder, pending)
 
+    def _frames(self, prompt, max_frames: int, p: SamplingParams, gen, uncond=None) -> Iterator[torch.Tensor]:
+        """Generated codec frames ``[K]`` (codes, not ids) until eos or ``max_frames``."""
+        starts = torch.tensor([self.lm.vocab.codec_range(k).start for k in range(self.ctx.n_q)])
+        for frame in stream_codec(self.lm, prompt, max_frames, p, generator=gen, uncond=uncond):
+            if int(frame[0, 0]) == self.lm.vocab.eos:
+                return
+            yield frame[0] - starts
+
     def _decode_frames(self, decoder, frames: list[torch.Tensor]) -> np.ndarray:
         codes = torch.stack(frames, dim=1)[None].clamp(0, self.codec.codebook_size - 1)  # [1, K, t]
         with torch.inference_mode():
             return decoder.push(codes)[0].float().numpy()
+
+    # ------------------------------------------------------------------ audio tasks
+    def separate(
+        self, audio: Audio, target: str = "speech", seed: int | None = None, temperature: float = 0.8, top_k: int = 50
+    ) -> dict[str, np.ndarray]:
+        """``{target: estimate, "rest": mixture - estimate}`` (float32 at ``sample_rate``, the mixture's length).
+
+        ``target``: ``speech``, ``music`` or ``background`` (the non-speech source). Long mixtures are done in
+        windows. The estimate is generated, so not sample-aligned: it is aligned to the mixture (lag and gain
+        by least squares) before it is subtracted."""
+        token = {"background": "sound"}.get(target, target)
+        wav = self.load(audio)
+        task = get_task("separate")
+        gen = torch.Generator().manual_seed(seed or 0)
+        p = SamplingParams(temperature=temperature, top_k=top_k, threads=self.threads)
+        out = np.zeros_like(wav)
+        for start, end in speech_windows(wav, self.sample_rate, self._window_seconds()):
+            mix = Example(codes=self.encode(wav[start:end]), kind="mixture")
+            prompt = task.condition(self.ctx, mix, mixture=mix, target=token).build().ids[None]
+            frames = list(self._frames(prompt, int(mix.codes.shape[-1] * 1.25) + 5, p, gen))
+            est = self._decode_codes(frames)
+            out[start:end] = align_to(est, wav[start:end])
+        return {target: out, "rest": wav - out}
+
+    def caption(self, audio: Audio, max_tokens: int = 40) -> dict:
+        """``{"caption", "class", "windows"}`` of the first window (captions describe a clip, not a film):
+        ``class`` is the broad class the caption names: speech, music or sound."""
+        wav = self.load(audio)
+        start, end = speech_windows(wav, self.sample_rate, self._window_seconds())[0]
+        task = get_task("caption")
+        prompt = task.condition(self.ctx, Example(codes=self.encode(wav[start:end]))).build().ids[None]
+        ids = self._generate_text(prompt, max_tokens, language=False)
+        _, text_ids = split_language_and_text(self.lm.vocab, ids)
+        text = self.ctx.text.decode(text_ids).strip()
+        return {"caption": text, "class": broad_class(text), "seconds": (end - start) / self.sample_rate}
+
+    def continue_(
+        self,
+        audio: Audio,
+        seconds: float = 10.0,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 1.0,
+        cfg_scale: float = 1.0,
+        prompt_seconds: float = 4.0,
+    ) -> np.ndarray:
+        """The input followed by ``seconds`` of continuation (float32 at ``sample_rate``). The last
+        ``prompt_seconds`` of what is there so far prompt each step of up to 5 s; ``cfg_scale`` > 1 guides the
+        model toward the prompt (classifier-free guidance against the prompt-less layout)."""
+        wav = self.load(audio)
+        if seconds <= 0:
+            raise TokenlmError("--seconds must be positive")
+        task = get_task("continue")
+        gen = torch.Generator().manual_seed(seed or 0)
+        p = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, threads=self.threads)
+        codes = self.encode(wav)  # [K, T]
+        T0, want = codes.shape[-1], int(round(seconds * self.frame_rate))
+        P = max(1, int(prompt_seconds * self.frame_rate))
+        uncond = task.condition(self.ctx, Example(codes=codes[:, :0])).build().ids[None] if cfg_scale != 1.0 else None
+        while codes.shape[-1] < T0 + want:
+            prompt = task.condition(self.ctx, None, prompt=Example(codes=codes[:, -P:])).build().ids[None]
+            n = min(int(5 * self.frame_rate), T0 + want - codes.shape[-1])
+            frames = list(self._frames(prompt, n, p, gen, uncond=uncond))
+            if not frames:
+                break
+            codes = torch.cat([codes, torch.stack(frames, dim=1)], dim=1)
+        with torch.inference_mode():  # decoded with what precedes it, so the decoder's state runs through the seam
+            decoded = self.codec.decode(codes[None])[0, 0].float().numpy()
+        return join_at_seam(wav, decoded[wav.size :], decoded[: wav.size])
+
+    def _window_seconds(self) -> float:
+        """Audio that fits the context twice over (prompt + output) with room for the layout."""
+        return max(2.0, min(8.0, (self.context // 2 - 2 * self.ctx.n_q) / self.frame_rate))
+
+    def _decode_codes(self, frames: list[torch.Tensor]) -> np.ndarray:
+        if not frames:
+            return np.zeros(0, np.float32)
+        codes = torch.stack(frames, dim=1)[None].clamp(0, self.codec.codebook_size - 1)
+        with torch.inference_mode():
+            return self.codec.decode(codes)[0, 0].float().numpy()
 
     def _voice_example(self, voice: Audio, voice_text: str | None) -> Example:
         wav = self.load(voice)
@@ -217,3 +303,36 @@ def speech_windows(wav: np.ndarray, sample_rate: int, window_seconds: float) -> 
         start = cut
     out.append((start, n))
     return out
+
+
+def align_to(est: np.ndarray, ref: np.ndarray, max_lag: int = 640) -> np.ndarray:
+    """``est`` shifted by the lag (within ``max_lag`` samples) and scaled by the gain that best match ``ref``
+    in the least-squares sense; cut or zero-padded to ``ref``'s length."""
+    n = ref.size
+    x = np.zeros(n + 2 * max_lag, np.float32)
+    m = min(n + max_lag, est.size)
+    x[max_lag : max_lag + m] = est[:m]
+    corr = np.correlate(x, ref, mode="valid")  # lag -max_lag .. +max_lag
+    shift = int(np.argmax(np.abs(corr)))
+    y = x[shift : shift + n]
+    gain = float(y @ ref) / float(y @ y + 1e-9)
+    return (max(gain, 0.0) * y).astype(np.float32)
+
+
+def join_at_seam(before: np.ndarray, after: np.ndarray, decoded_before: np.ndarray, fade: int = 160) -> np.ndarray:
+    """``before`` then ``after``, with the first ``fade`` samples of ``after`` cross-faded from the codec's
+    own decoding of the end of ``before`` (which ``after`` continues without a jump)."""
+    if after.size == 0:
+        return before
+    f = min(fade, after.size, decoded_before.size)
+    ramp = np.linspace(0.0, 1.0, f, dtype=np.float32)
+    tail = before[before.size - f :] * (1 - ramp) + decoded_before[decoded_before.size - f :] * ramp
+    return np.concatenate([before[: before.size - f], tail, after]).astype(np.float32)
+
+
+def broad_class(caption: str) -> str:
+    """The broad class a caption names: ``speech`` (someone speaks), ``music`` or ``sound``."""
+    c = caption.lower()
+    if " speak" in c or "voice" in c or "people" in c:
+        return "speech"
+    return "music" if "music" in c else "sound"

@@ -24,8 +24,11 @@ N_Q, CB = 3, 1024  # codebook size of codec-16k, so the pipeline can decode with
 
 
 def make_corpus(root: Path, n: int = 40) -> Path:
-    """Shards of random codes with transcripts: 4 speakers (one held out), 3 languages."""
+    """Shards of random codes: speech with transcripts (4 speakers, one held out; 3 languages), music
+    segments, captioned sounds, and speech+music mixtures with their two sources."""
     rng = np.random.default_rng(0)
+    meta = {"n_q": N_Q, "codebook_size": CB, "frame_rate": 50.0, "codec": "codec-16k"}
+    codes = lambda lo, hi: rng.integers(0, CB, (N_Q, int(rng.integers(lo, hi))))  # noqa: E731
     items, texts = [], []
     for i in range(n):
         spk = f"spk{i % 4}"
@@ -33,10 +36,27 @@ def make_corpus(root: Path, n: int = 40) -> Path:
         text = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))
         info = {"id": f"c{i}", "text": text, "language": lang, "speaker": spk, "kind": "speech_real",
                 "split": "eval" if spk == "spk3" else "train"}
-        items.append((info, rng.integers(0, CB, (N_Q, int(rng.integers(55, 150)))), None))
+        items.append((info, codes(55, 150), None))
         texts.append(text)
-    write_shards(root / "speech_real", items, {"n_q": N_Q, "codebook_size": CB, "frame_rate": 50.0, "codec": "codec-16k"})
-    model = train_sentencepiece(texts, root / "text", vocab_size=60)
+    write_shards(root / "speech_real", items, meta)
+    music = [({"id": f"m{i}", "kind": "music", "labels": ["music", "music21-bach", "organ"],
+               "split": "eval" if i == 0 else "train"}, codes(400, 600), None) for i in range(4)]
+    write_shards(root / "music", music, meta)
+    sounds = [({"id": f"s{i}", "kind": "sounds", "text": "A dog barks.", "labels": ["dog"], "split": "train"},
+               codes(30, 80), None) for i in range(3)]
+    write_shards(root / "sounds", sounds, meta)
+    mixes, sources = [], []
+    for i in range(3):
+        mix_id = f"mix{i}"
+        mixes.append(({"id": mix_id, "kind": "mixture", "mixture_type": "speech+music", "language": "en",
+                       "labels": ["speech+music", "x", "music"], "text": "the cat", "split": "train"}, codes(100, 101), None))
+        for j in range(2):
+            sources.append(({"id": f"{mix_id}#s{j}", "kind": "source", "source_of": mix_id, "source_index": j,
+                             "split": "train"}, codes(100, 101), None))
+    write_shards(root / "mixtures", mixes, meta)
+    write_shards(root / "mixtures_sources", sources, meta)
+    model = train_sentencepiece(texts + ["A dog barks.", "Organ music.", "A person speaks English over music."],
+                                root / "text", vocab_size=60)
     model.rename(root / TEXT_MODEL)
     return root
 
@@ -93,11 +113,12 @@ def test_batches_are_pure_and_eval_draws_only_eval_speakers(corpus):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(src.batch(4)["inputs"], a["inputs"])
     assert a["inputs"].shape == (src.d.batch_size, N_Q, src.d.seq_len) and a["loss_mask"].any()
-    eval_items = {i for name in src.tasks for _, i in src.items["eval"][name]}
-    train_items = {i for name in src.tasks for _, i in src.items["train"][name]}
+    eval_items = {x for name in src.tasks for x in src.items["eval"][name]}
+    train_items = {x for name in src.tasks for x in src.items["train"][name]}
     assert eval_items and not eval_items & train_items
     idx = src.parts["speech_real"].index
-    assert {idx[i]["speaker"] for i in eval_items} == {"spk3"}
+    assert {idx[i]["speaker"] for p, i in eval_items if p == "speech_real"} == {"spk3"}
+    assert {src.parts[p].index[i]["id"] for p, i in eval_items if p != "speech_real"} == {"m0"}
     # clone pairs: voice and target share a speaker and differ
     rng = np.random.default_rng(0)
     for _ in range(10):
@@ -183,3 +204,63 @@ def test_speech_windows_cut_at_quiet_frames():
     assert all(a[1] == b[0] for a, b in zip(wins, wins[1:]))  # contiguous, nothing lost
     assert all(e - s <= 8 * sr for s, e in wins)
     assert 7.0 * sr <= wins[0][1] <= 7.2 * sr
+
+
+def test_audio_task_layouts(corpus):
+    from tokenlm.tasks.caption import caption_for
+
+    src = MultitaskSource(tiny_cfg(corpus))
+    v, rng = src.vocab, np.random.default_rng(1)
+    # captioning: the caption is the target; speech, music and mixtures get captions naming their class
+    assert caption_for(src.example("speech_real", 0)) == "A person speaks English."
+    assert caption_for(src.example("music", 1)) == "Organ music."
+    mix = src.example("mixtures", 0)
+    assert caption_for(mix) == "A person speaks English over music."
+    cap = get_task("caption").example(src.ctx, src.example("sounds", 0)).build()
+    assert cap.ids[0][cap.loss_mask[0]].tolist() == src.ctx.text.encode("A dog barks.").tolist() + [v.eos]
+    # separation: the target is the chosen source of that very mixture, named by its token
+    ex, kw = get_task("separate").draw(src, rng, "train", mix)
+    j = 0 if kw["target"] == "speech" else 1
+    assert kw["mixture"] is mix and torch.equal(ex.codes, src.example("mixtures_sources", j).codes)
+    pt = get_task("separate").example(src.ctx, ex, **kw).build()
+    assert pt.ids[0, 2].item() == v.modality(kw["target"])
+    # continuation: the target is the frames right after the prompt
+    music = src.example("music", 1)
+    for seed in range(5):
+        tgt, kw = get_task("continue").draw(src, np.random.default_rng(seed), "train", music)
+        if kw["prompt"] is None:
+            continue
+        P = kw["prompt"].codes.shape[1]
+        flat = music.codes[0].tolist()
+        s = next(i for i in range(len(flat)) if flat[i : i + P] == kw["prompt"].codes[0].tolist())
+        assert torch.equal(music.codes[:, s + P : s + P + tgt.codes.shape[1]], tgt.codes)
+    # every task draws from the batches
+    seen = set()
+    for i in range(30):
+        pt = src.prompt(np.random.default_rng(i), "train")
+        seen.add(v.range("tasks").start and int(pt.ids[0, 1]))
+    assert {int(v.task(t)) for t in ("asr", "tts", "clone", "separate", "caption", "continue")} <= seen
+
+
+def test_audio_task_pipeline(trained):
+    from tokenlm.tasks.pipeline import Pipeline, broad_class
+
+    pipe = Pipeline.from_pretrained(str(trained))
+    sr = pipe.sample_rate
+    wav = (np.random.default_rng(0).standard_normal(sr * 2) * 0.05).astype(np.float32)
+    sep = pipe.separate((wav, sr), target="music")
+    assert set(sep) == {"music", "rest"} and sep["music"].size == wav.size
+    np.testing.assert_allclose(sep["music"] + sep["rest"], wav, atol=1e-6)
+    cap = pipe.caption((wav, sr))
+    assert cap["class"] == broad_class(cap["caption"])
+    out = pipe.continue_((wav, sr), seconds=0.5, seed=0)
+    assert abs(out.size - wav.size - sr // 2) <= sr // 50 + 1
+    np.testing.assert_array_equal(out[: wav.size - 160], wav[: wav.size - 160])  # the prompt is kept as it was
+
+
+def test_align_to_finds_lag_and_gain():
+    from tokenlm.tasks.pipeline import align_to
+
+    ref = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
+    est = 0.5 * np.concatenate([np.zeros(37, np.float32), ref])  # late by 37 samples, half as loud
+    np.testing.assert_allclose(align_to(est, ref), ref, atol=1e-4)

@@ -108,16 +108,26 @@ def _tts_args(p, voice_required: bool = False):
 
 
 def _separate_args(p):
-    _in_model(p, "lm-small")
-    p.add_argument("-o", "--output", required=True, help="output folder for the separated sources")
-    p.add_argument("--target", default=None, help="enrolment clip of the speaker to extract (target speech extraction)")
+    _in_model(p, "tokenlm-small")
+    p.add_argument("-o", "--output", required=True, help="output folder: <target>.wav and rest.wav (mixture - target)")
+    p.add_argument(
+        "--target", default="speech", choices=("speech", "music", "background"), help="the source to keep (default speech)"
+    )
+
+
+def _caption_args(p):
+    _in_model(p, "tokenlm-small")
+    p.add_argument("--json", action="store_true", help="print JSON (caption, broad class)")
 
 
 def _continue_args(p):
-    _in_model(p, "lm-small")
+    _in_model(p, "tokenlm-small")
     p.add_argument("-o", "--output", required=True, help="output .wav (prompt + continuation)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds to generate (default 10)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off; e.g. 3)")
 
 
 def _demo_args(p):
@@ -173,6 +183,20 @@ def _eval_args(model: str):
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--out", default=None, help="folder for the report, tables and plots")
         p.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
+
+    return add
+
+
+def _task_eval_args(judges: bool):
+    def add(p):
+        _eval_args("tokenlm-small")(p)
+        if judges:
+            p.add_argument(
+                "--judges",
+                default="all",
+                choices=("all", "none"),
+                help="none: score our model alone, without the Whisper/pocketsphinx/DNSMOS/espeak-ng judges and peers",
+            )
 
     return add
 
@@ -268,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "separate",
         "separate a mixture into sources",
         "tokenlm separate mix.wav -o sources/",
-        "tokenlm.tasks.separation:cli",
+        "tokenlm.tasks.commands:cli_separate",
         _separate_args,
     )
     _parser(
@@ -276,15 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
         "caption",
         "describe the sounds in a clip",
         "tokenlm caption rain.wav",
-        "tokenlm.tasks.captioning:cli",
-        lambda p: _in_model(p, "lm-small"),
+        "tokenlm.tasks.commands:cli_caption",
+        _caption_args,
     )
     _parser(
         sub,
         "continue",
         "continue a piece of music",
         "tokenlm continue tune.wav -o longer.wav --seconds 10",
-        "tokenlm.tasks.music:cli",
+        "tokenlm.tasks.commands:cli_continue",
         _continue_args,
     )
     _parser(
@@ -365,16 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
                 _semantic_eval_args,
             ),
             "asr": (
-                "WER on held-out speech",
-                "tokenlm eval asr --json",
-                "tokenlm.tasks.asr:cli_eval",
-                _eval_args("lm-small"),
+                "WER/CER per language on held-out speech, beside Whisper and pocketsphinx (--limit: per language)",
+                "tokenlm eval asr --limit 40",
+                "tokenlm.tasks.evaluate:cli_asr",
+                _task_eval_args(judges=True),
             ),
             "tts": (
-                "TTS intelligibility and speaker similarity",
-                "tokenlm eval tts --json",
-                "tokenlm.tasks.tts:cli_eval",
-                _eval_args("lm-small"),
+                "TTS: Whisper WER, DNSMOS and speed, beside the codec ceiling and espeak-ng (--limit: sentences)",
+                "tokenlm eval tts --limit 20",
+                "tokenlm.tasks.evaluate:cli_tts",
+                _task_eval_args(judges=True),
+            ),
+            "clone": (
+                "voice cloning: speaker similarity on held-out speakers (--limit: trials per speaker)",
+                "tokenlm eval clone --limit 5",
+                "tokenlm.tasks.evaluate:cli_clone",
+                _task_eval_args(judges=False),
             ),
             "separation": (
                 "SI-SDR improvement on held-out mixtures",

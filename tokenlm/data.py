@@ -182,7 +182,7 @@ def tokenize_clips(clips: Iterable[Any], codec: Any, semantic: Any | None = None
     causal, so a clip's codes do not depend on what follows (tested: batched == one by one). The semantic
     tokenizer attends both ways, so it encodes each clip alone.
     """
-    from .codecs.audio import load_audio
+    from .codecs.audio import AudioError, load_audio
 
     def load(info, tok):
         return np.asarray(load_audio(info["path"], tok.sample_rate, channels=1).samples[0], dtype=np.float32)
@@ -200,7 +200,16 @@ def tokenize_clips(clips: Iterable[Any], codec: Any, semantic: Any | None = None
     batch: list[dict] = []
 
     def flush():
-        wavs = [load(info, codec) for info in batch]
+        good, wavs = [], []
+        for info in batch:  # a corpus clip that does not decode is skipped, not fatal to hours of work
+            try:
+                wavs.append(load(info, codec))
+                good.append(info)
+            except AudioError as e:
+                log.warning("tokenize: skipped %s (%s)", info.get("id"), e)
+        batch[:] = good
+        if not good:
+            return
         codes = encode(codec, wavs)
         units = [None] * len(batch)
         if semantic is not None:
@@ -266,18 +275,28 @@ def tokenize_corpus(
             continue
         clips = read_manifest(path)
         texts += [c.text for c in clips if c.text and c.split == "train" and c.kind.startswith("speech")]
-        folder = out / part
-        if (folder / META).is_file() and json.loads((folder / META).read_text()).get("codec") == codec_name:
-            log.info("tokenize: %s is done (%s)", part, folder)
-            continue
-        items = tokenize_clips(progress(clips, desc=f"tokenize {part}", unit="clip"), codec, semantic)
-        write_shards(folder, items, meta)
+        # a mixture's sources, exactly as mixed, are the targets of separation: a shard folder beside it
+        sources = [
+            {"id": f"{c.id}#s{j}", "path": p, "duration": c.duration, "split": c.split, "kind": "source",
+             "source_of": c.id, "source_index": j}
+            for c in clips for j, p in enumerate(c.sources)
+        ]
+        for name, todo in ((part, clips), (f"{part}_sources", sources)):
+            folder = out / name
+            if not todo:
+                continue
+            if (folder / META).is_file() and json.loads((folder / META).read_text()).get("codec") == codec_name:
+                log.info("tokenize: %s is done (%s)", name, folder)
+                continue
+            items = tokenize_clips(progress(todo, desc=f"tokenize {name}", unit="clip"), codec, semantic)
+            write_shards(folder, items, meta)
     if not (out / TEXT_MODEL).is_file():
-        tmp = out / f".text.{os.getpid()}"
-        model = train_sentencepiece(texts, tmp, vocab_size=text_pieces)
-        os.replace(model, out / TEXT_MODEL)
-        for leftover in out.glob(f".text.{os.getpid()}*"):
-            leftover.unlink()
+        tmp = out / f"_text_{os.getpid()}"  # sentencepiece writes <prefix>.model and <prefix>.vocab
+        try:
+            os.replace(train_sentencepiece(texts, tmp, vocab_size=text_pieces), out / TEXT_MODEL)
+        finally:
+            for leftover in out.glob(f"{tmp.name}.*"):
+                leftover.unlink()
     return out
 
 

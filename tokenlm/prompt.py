@@ -53,6 +53,8 @@ def kind_mask(vocab: Any, kind: str) -> torch.Tensor:
         return vocab.mask("tasks")
     if kind == "lang":
         return vocab.mask("lang")
+    if kind == "modality":
+        return vocab.mask("modality")
     raise TokenlmError(f"unknown position kind {kind!r}")
 
 
@@ -63,7 +65,7 @@ def kind_masks(vocab: Any, kinds: tuple[str, ...]) -> torch.Tensor:
 
 @dataclass
 class Segment:
-    kind: str  # "special" | "task" | "lang" | "text" | "semantic" | "codec"
+    kind: str  # "special" | "task" | "modality" | "lang" | "text" | "semantic" | "codec"
     tokens: torch.Tensor  # [T] (single stream) or [K, T] (codec), vocabulary ids
     loss: bool = False
     end: bool = False  # codec only: an eos step after the last frame
@@ -93,6 +95,10 @@ class Prompt:
 
     def task(self, name: str) -> Prompt:
         return self.add("task", [self.vocab.task(name)])
+
+    def modality(self, name: str) -> Prompt:
+        """A stream-kind id (``speech``, ``music``, ``sound``...), e.g. which source a separation keeps."""
+        return self.add("modality", [self.vocab.modality(name)])
 
     def language(self, code: str, loss: bool = False) -> Prompt:
         return self.add("lang", [self.vocab.language(code)], loss)
