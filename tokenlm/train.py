@@ -170,18 +170,30 @@ class LMRecipe(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Held-out loss; for multitask data also per task (``eval/<task>``), so the tasks' curves can be
+        put beside each other."""
         acc = self.loop.acc
         model.eval()
-        losses = []
-        for i in range(self.cfg.eval_batches):
-            b = {k: v.to(acc.device) for k, v in self.data.batch(i * acc.num_processes + acc.process_index, "eval").items()}
-            with acc.autocast():
-                losses.append(lm_loss(model(b["inputs"]), b["targets"], b["loss_mask"], self.model_cfg)["lm/loss"].item())
-        mean = torch.tensor([float(np.mean(losses))], device=acc.device)
-        return {"eval/loss": acc.reduce(mean, reduction="mean").item()}
+        tasks = list(getattr(self.data, "tasks", None) or [None])
+        per = max(1, self.cfg.eval_batches // len(tasks))
+        out, means = {}, []
+        for task in tasks:
+            losses = []
+            for i in range(per):
+                kw = {"task": task} if task else {}
+                b = self.data.batch(i * acc.num_processes + acc.process_index, "eval", **kw)
+                b = {k: v.to(acc.device) for k, v in b.items()}
+                with acc.autocast():
+                    losses.append(lm_loss(model(b["inputs"]), b["targets"], b["loss_mask"], self.model_cfg)["lm/loss"].item())
+            mean = acc.reduce(torch.tensor([float(np.mean(losses))], device=acc.device), reduction="mean").item()
+            means.append(mean)
+            if task:
+                out[f"eval/{task}"] = mean
+        out["eval/loss"] = float(np.mean(means))
+        return out
 
     def export(self, folder: Path, weights: dict[str, torch.Tensor]) -> None:
-        meta = {"step": self.loop.step, "name": self.cfg.name}
+        meta = {"step": self.loop.step, "name": self.cfg.name, "seq_len": self.cfg.data.seq_len}
         text_model = getattr(self.data, "text_model", None)
         model = self.loop.raw_model
         model.save(folder, self.data.vocab, text_model, meta, state_dict=weights, pattern=self.cfg.data.pattern)
