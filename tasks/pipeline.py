@@ -49,7 +49,7 @@ class Pipeline:
             raise TokenlmError("the LM was trained on another codec's codes")
         self.lm, self.codec, self.threads = lm.eval(), codec.eval(), threads
         self.ctx = TaskContext(lm.vocab, lm.text_tokenizer, lm.vocab.n_q, getattr(lm, "pattern", "delay"))
-        meta = getattr(lm, "meta", {}) or {}
+        meta = getattr(lm, "pretrained_meta", {}) or {}
         self.context = min(lm.cfg.max_seq_len, context or int(meta.get("seq_len", lm.cfg.max_seq_len)))
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate
 
@@ -63,21 +63,7 @@ class Pipeline:
     # ------------------------------------------------------------------ audio in
     def load(self, audio: Audio) -> np.ndarray:
         """A path or ``(samples, rate)`` -> mono float32 samples at the codec's rate."""
-        from tokenlm.codecs.audio import load_audio, mix_channels, resample
-
-        if isinstance(audio, tuple):
-            samples, sr = audio
-            x = np.asarray(samples, dtype=np.float32)
-            x = x[None] if x.ndim == 1 else x.T if x.shape[0] > x.shape[-1] else x  # -> [C, N]
-            x = mix_channels(x, 1)
-            if sr != self.sample_rate:
-                x = resample(x, sr, self.sample_rate)
-            x = x[0]
-        else:
-            x = load_audio(Path(audio), self.sample_rate, channels=1).samples[0]
-        if x.size == 0:
-            raise TokenlmError("the audio is empty")
-        return x.astype(np.float32)
+        return load_mono(audio, self.sample_rate)
 
     def encode(self, wav: np.ndarray) -> torch.Tensor:
         """Samples ``[N]`` -> codes ``[n_q, T]`` of the LM's codebooks."""
@@ -289,6 +275,25 @@ class Pipeline:
         return chunks
 
 
+def load_mono(audio: Audio, sample_rate: int) -> np.ndarray:
+    """A path or ``(samples, rate)`` -> mono float32 samples ``[N]`` at ``sample_rate``."""
+    from tokenlm.codecs.audio import load_audio, mix_channels, resample
+
+    if isinstance(audio, tuple):
+        samples, sr = audio
+        x = np.asarray(samples, dtype=np.float32)
+        x = x[None] if x.ndim == 1 else x.T if x.shape[0] > x.shape[-1] else x  # -> [C, N]
+        x = mix_channels(x, 1)
+        if sr != sample_rate:
+            x = resample(x, sr, sample_rate)
+        x = x[0]
+    else:
+        x = load_audio(Path(audio), sample_rate, channels=1).samples[0]
+    if x.size == 0:
+        raise TokenlmError("the audio is empty")
+    return x.astype(np.float32)
+
+
 def speech_windows(wav: np.ndarray, sample_rate: int, window_seconds: float) -> list[tuple[int, int]]:
     """``[start, end)`` sample windows of at most ``window_seconds``, each cut at the quietest 20 ms frame of
     its last quarter (so words are rarely split); one window for short audio."""
@@ -336,3 +341,55 @@ def broad_class(caption: str) -> str:
     if " speak" in c or "voice" in c or "people" in c:
         return "speech"
     return "music" if "music" in c else "sound"
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """A clip through the codec: the ``.tlm`` file's bytes and what they decode to."""
+
+    tlm: bytes
+    n_q: int
+    kbps: float  # the file's size over the clip's duration, header and checksums included
+    seconds: float
+    audio: np.ndarray  # decoded, float32 [N] at sample_rate
+    sample_rate: int
+
+
+class Compressor:
+    """The codec, loaded once, for ``.tlm`` round trips (the demo's Compression tab; needs no LM).
+
+    It runs the codec's own ``compress`` / ``decompress``, so the bytes are exactly what ``tokenlm compress``
+    writes and the audio what ``tokenlm decompress`` returns."""
+
+    def __init__(self, codec: str = "codec-16k", precision: str = "auto"):
+        from tokenlm.codecs.codec.compress import load_codec
+
+        self.name, self.loaded = codec, load_codec(codec, precision)
+        self.sample_rate = self.loaded[0].sample_rate
+
+    def compress(self, audio: Audio, kbps: float = 1.5) -> Compressed:
+        """``audio`` (a path or ``(samples, rate)``) at ``kbps`` (1.5, 3 or 6) -> ``Compressed``."""
+        import tempfile
+
+        import soundfile as sf
+        from tokenlm.codecs.audio import save_audio
+        from tokenlm.codecs.codec.compress import compress, decompress
+        from tokenlm.codecs.codec.container import bitrate_of
+
+        with tempfile.TemporaryDirectory(prefix="tokenlm-") as tmp:
+            tlm, wav = Path(tmp, "a.tlm"), Path(tmp, "b.wav")
+            if isinstance(audio, tuple):  # compress reads files: samples go through a wav
+                src = save_audio(Path(tmp, "in.wav"), np.asarray(audio[0], np.float32), int(audio[1]))
+            else:
+                src = Path(audio)
+            header = compress(src, tlm, self.name, kbps, loaded=self.loaded)
+            decompress(tlm, wav, loaded=self.loaded)
+            decoded, sr = sf.read(str(wav), dtype="float32")
+            return Compressed(
+                tlm.read_bytes(),
+                header.n_q,
+                bitrate_of(tlm, header),
+                header.num_samples / header.sample_rate,
+                decoded,
+                sr,
+            )

@@ -264,3 +264,28 @@ def test_align_to_finds_lag_and_gain():
     ref = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
     est = 0.5 * np.concatenate([np.zeros(37, np.float32), ref])  # late by 37 samples, half as loud
     np.testing.assert_allclose(align_to(est, ref), ref, atol=1e-4)
+
+
+def test_bundle_loads_by_name_and_a_new_run_continues_it(trained, corpus, weights_dir, tmp_path):
+    import tokenlm
+    from tokenlm.pretrained import load, register
+    from tokenlm.tasks.bundle import bundle
+    from tokenlm.tasks.pipeline import Pipeline
+    from tokenlm.train import train
+
+    (weights_dir / "codec-16k").symlink_to(Path(tokenlm.__file__).parent / "weights" / "codec-16k")
+    register("codec-16k", "codec")  # the stand-in weights folder holds the real codec beside the bundled LM
+    dest = bundle(trained.parent, "tokenlm-tiny")
+    assert (dest / "tokenizer.model").is_file() and "Held-out loss per task" in (dest / "README.md").read_text()
+    pipe = Pipeline.from_pretrained("tokenlm-tiny")
+    assert pipe.lm.pretrained_meta["step"] == 4
+    bundled = {k: v.float() for k, v in load("tokenlm-tiny").state_dict().items()}
+    # no run in the cache and no --init: the bundled model of this config is continued, its step count goes on
+    cfg = replace(tiny_cfg(corpus), max_steps=4)
+    run = train(cfg, tmp_path / "fresh-run", max_steps=0)
+    assert run.step == 4
+    got = run.raw_model.state_dict()
+    assert all(torch.equal(got[k].float(), bundled[k]) for k in bundled)
+    # --init none: from scratch
+    run = train(cfg, tmp_path / "scratch", max_steps=0, init="none")
+    assert run.step == 0 and not torch.equal(run.raw_model.state_dict()["head.weight"].float(), bundled["head.weight"])

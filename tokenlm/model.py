@@ -334,7 +334,6 @@ class TokenLM(nn.Module):
         load_state_dict_strict(model, load_weights(folder), where=str(folder))
         model.vocab = vocab
         model.pattern = doc["config"].get("pattern", "delay")
-        model.meta = doc.get("meta", {})  # training facts (step, run name, the rows' length seq_len)
         sp = folder / "tokenizer.model"
         model.text_tokenizer = TextTokenizer(sp, vocab) if sp.is_file() else None
         return model

@@ -133,7 +133,7 @@ class BatchSource:
 class LMRecipe(Recipe):
     kind = "lm"
     log_keys = ("lm/loss",)
-    curves = {"loss (nats/token)": ("lm/loss", "eval/loss")}
+    curves = {"loss (nats/token)": ("lm/loss", "eval/*")}  # eval/<task> too, for multitask data
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -154,17 +154,36 @@ class LMRecipe(Recipe):
         return self.loop.raw_model.cfg
 
     def start(self, init: str | None) -> None:
-        if init:  # the tensors whose names and shapes match
-            from .pretrained import load
+        """A new run: from ``init``'s tensors whose names and shapes match; with no ``init``, the bundled model
+        this config trains (same run name, same architecture and vocabulary) is continued: its step count, hours
+        and learning-rate schedule go on (the training state stays in the cache, the weights in the repo)."""
+        from .pretrained import load, registry
 
+        if init == "none":
+            return
+        if init:
             src, own = load(init).state_dict(), self.loop.raw_model.state_dict()
             same = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
             self.loop.raw_model.load_state_dict(same, strict=False)
             log.info("warm start from %s: %d/%d tensors", init, len(same), len(own))
+            return
+        for name in registry():
+            bundled = load(name) if registry()[name].get("kind") == "lm" else None
+            meta = getattr(bundled, "pretrained_meta", {}) or {}
+            if bundled is None or meta.get("name") != self.cfg.name:
+                continue
+            if bundled.cfg != self.model_cfg or bundled.vocab.to_dict() != self.data.vocab.to_dict():
+                log.info("training from scratch: the bundled %s has another architecture or vocabulary", name)
+                return
+            self.loop.raw_model.load_state_dict(bundled.state_dict())
+            self.loop.continue_from(int(meta.get("step", 0)), float(meta.get("train_hours", 0.0)) * 3600)
+            log.info("continuing the bundled %s at step %d", name, self.loop.step)
+            return
 
     def loss(self, index: int) -> tuple[torch.Tensor, dict[str, float]]:
         b = {k: v.to(self.loop.acc.device) for k, v in self.data.batch(index).items()}
-        out = self.loop.model(b["inputs"])
+        with self.loop.autocast():
+            out = self.loop.model(b["inputs"])
         losses = lm_loss(out, b["targets"], b["loss_mask"], self.model_cfg)
         return losses["lm/loss"], {k: v.item() for k, v in losses.items()}
 
@@ -184,7 +203,9 @@ class LMRecipe(Recipe):
                 b = self.data.batch(i * acc.num_processes + acc.process_index, "eval", **kw)
                 b = {k: v.to(acc.device) for k, v in b.items()}
                 with acc.autocast():
-                    losses.append(lm_loss(model(b["inputs"]), b["targets"], b["loss_mask"], self.model_cfg)["lm/loss"].item())
+                    losses.append(
+                        lm_loss(model(b["inputs"]), b["targets"], b["loss_mask"], self.model_cfg)["lm/loss"].item()
+                    )
             mean = acc.reduce(torch.tensor([float(np.mean(losses))], device=acc.device), reduction="mean").item()
             means.append(mean)
             if task:
@@ -193,7 +214,12 @@ class LMRecipe(Recipe):
         return out
 
     def export(self, folder: Path, weights: dict[str, torch.Tensor]) -> None:
-        meta = {"step": self.loop.step, "name": self.cfg.name, "seq_len": self.cfg.data.seq_len}
+        meta = {
+            "step": self.loop.step,
+            "name": self.cfg.name,
+            "seq_len": self.cfg.data.seq_len,
+            "train_hours": round(self.loop.train_seconds / 3600, 3),
+        }
         text_model = getattr(self.data, "text_model", None)
         model = self.loop.raw_model
         model.save(folder, self.data.vocab, text_model, meta, state_dict=weights, pattern=self.cfg.data.pattern)
