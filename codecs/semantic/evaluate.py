@@ -159,7 +159,7 @@ def training_voices(rows: list[Clip]) -> set[str]:
 
 
 def baseline_fit_rows(espeak_rows: list[Clip], n: int, seed: int = 1) -> list[Clip]:
-    """Training clips for the MFCC k-means, drawn like the model's own unit k-means (``semantic_train.export``:
+    """Training clips for the MFCC k-means, drawn like the model's own unit k-means (``semantic.train.export``:
     random clips of its training manifests, equal shares of the espeak corpus and, where built, the corpus's
     synthetic and real speech), so both sets of centroids see the same kind of data. Fitting the baseline on
     espeak alone, the eval's own domain, raised it from 0.393 to 0.415 PNMI (semantic-16k v2 units: 0.477 -> 0.493
