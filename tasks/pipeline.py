@@ -42,12 +42,19 @@ class Transcript:
 class Pipeline:
     """The multitask LM, the codec whose codes it models, and the task layouts."""
 
-    def __init__(self, lm, codec, context: int | None = None, threads: int = 1):
+    def __init__(self, lm, codec, context: int | None = None, threads: int = 1, decode_precision: str | None = None):
+        """``decode_precision``: the LM's weights while generating (default int8 weight-only, see tokenlm.quant:
+        batch-1 steps are bound by weight traffic)."""
+        from tokenlm.quant import DEFAULT_DECODE_PRECISION, decoding_copy
+
         if lm.text_tokenizer is None:
             raise TokenlmError("this LM has no text tokenizer (tokenizer.model) beside it")
         if lm.vocab.codebook_size != codec.codebook_size or lm.vocab.n_q > codec.n_q:
             raise TokenlmError("the LM was trained on another codec's codes")
-        self.lm, self.codec, self.threads = lm.eval(), codec.eval(), threads
+        meta_src = lm
+        lm = decoding_copy(lm, decode_precision or DEFAULT_DECODE_PRECISION)
+        lm.pretrained_meta = getattr(meta_src, "pretrained_meta", {})
+        self.lm, self.codec, self.threads = lm, codec.eval(), threads
         self.ctx = TaskContext(lm.vocab, lm.text_tokenizer, lm.vocab.n_q, getattr(lm, "pattern", "delay"))
         meta = getattr(lm, "pretrained_meta", {}) or {}
         self.context = min(lm.cfg.max_seq_len, context or int(meta.get("seq_len", lm.cfg.max_seq_len)))
