@@ -38,3 +38,33 @@ def weights_dir(tmp_path, monkeypatch):
         monkeypatch.setattr(mod, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(pretrained, "REGISTRY_FILE", weights / "registry.json")
     return weights
+
+
+def write_tone_corpus(root):
+    """A fixture corpus of 2.5 s modulated tones: 4 ``speech_real`` clips (one held out) and 2 ``music`` clips, at
+    16 and 22.05 kHz, with manifests as ``tokenlm data build`` writes them. Returns ``root``."""
+    import soundfile as sf
+
+    from tokenlm.corpus.manifest import Clip, manifest_path, write_manifest
+
+    rng = np.random.default_rng(0)
+    clips = {"speech_real": [], "music": []}
+    for i in range(6):
+        kind = "speech_real" if i < 4 else "music"
+        sr = 16000 if i % 2 else 22050
+        t = np.arange(int(2.5 * sr)) / sr
+        x = 0.2 * np.sin(2 * np.pi * (150 + 50 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+        x = x + 0.01 * rng.standard_normal(t.size)
+        path = root / f"c{i}.wav"
+        sf.write(path, x.astype(np.float32), sr)
+        speaker = f"s{i}" if kind == "speech_real" else None
+        split = "eval" if i == 3 else "train"
+        clips[kind].append(Clip(f"c{i}", str(path), 2.5, sr, kind, speaker=speaker, split=split))
+    for kind, cs in clips.items():
+        write_manifest(manifest_path(root, kind), cs)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory):
+    return write_tone_corpus(tmp_path_factory.mktemp("tone_corpus"))

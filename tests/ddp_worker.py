@@ -20,6 +20,20 @@ def tiny_recipe(kind: str, corpus: str, grad_accum: int = 1):
 
         cfg = load_config(TrainConfig, "lm/tiny", model={"dropout": 0.0}, log_every=1, eval_every=0)
         return LMRecipe(replace(cfg, grad_accum=grad_accum))
+    if kind == "semantic":
+        from tokenlm.codecs.semantic.train import SemanticRecipe, SemanticTrainConfig
+
+        from tokenlm.corpus.manifest import manifest_path
+
+        cfg = load_config(SemanticTrainConfig, "semantic/tiny", model={"dropout": 0.0}, precision="fp32", log_every=1)
+        return SemanticRecipe(replace(cfg, grad_accum=grad_accum), str(manifest_path(Path(corpus), "speech_real")))
+    if kind == "codec":  # its step takes one batch: no accumulation
+        from tokenlm.codecs.codec.train import CodecRecipe, TrainConfig
+
+        cfg = load_config(
+            TrainConfig, "codec/tiny", data={"root": corpus, "kinds": ["speech_real"], "kind_weights": [1.0]}
+        )
+        return CodecRecipe(replace(cfg, eval_clips=0))
     raise ValueError(kind)
 
 

@@ -47,6 +47,7 @@ class Toy(Recipe):
     def build(self):
         w, p = self.cfg.model.width, self.cfg.model.dropout
         model = torch.nn.Sequential(torch.nn.Linear(4, w), torch.nn.Dropout(p), torch.nn.Linear(w, 1))
+        model.register_buffer("batches", torch.zeros(()))  # a buffer, like the codec's codebooks
         return model, make_optimizer(model.parameters(), self.cfg.optim)
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +56,9 @@ class Toy(Recipe):
 
     def loss(self, index):
         x, y = self.batch(index)
-        loss = F.mse_loss(self.loop.model(x), y)
+        self.loop.raw_model.batches += 1
+        with self.loop.autocast():
+            loss = F.mse_loss(self.loop.model(x), y)
         return loss, {"toy/mse": loss.item()}
 
     @torch.no_grad()
@@ -77,7 +80,7 @@ class PairToy(Toy):
 
 
 def weights(trainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in trainer.raw_model.named_parameters()}
 
 
 def test_schedule_warmup_constant_cosine_and_warm_restart():
@@ -92,7 +95,9 @@ def test_schedule_warmup_constant_cosine_and_warm_restart():
     lm = OptimConfig(warmup_steps=4, min_lr_ratio=0.2)
     g = lambda s: lr_factor(lm, 14, s)  # noqa: E731
     assert [g(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert g(9) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 0.5))) and g(14) == g(99) == pytest.approx(0.2)
+    assert g(9) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 0.5))) and g(14) == g(99) == pytest.approx(
+        0.2
+    )
 
 
 def test_the_optimiser_follows_the_schedule(tmp_path):
@@ -148,7 +153,9 @@ def test_weight_average_is_exported_and_resumes_exactly(tmp_path):
     t.fit(max_steps=1)
     p3 = t.raw_model.state_dict()[name]
     assert not torch.equal(e2, p2) and torch.allclose(t.ema[name], 0.5 * e2 + 0.5 * p3)
-    assert torch.allclose(load_weights(tmp_path / "a" / "model")[name], t.ema[name])  # the average is exported
+    exported = load_weights(tmp_path / "a" / "model")
+    assert torch.allclose(exported[name], t.ema[name])  # the average is exported, buffers as they are
+    assert exported["batches"] == 3 and "batches" not in t.ema
     train(Toy(cfg), tmp_path / "b", max_steps=2)
     b = train(Toy(cfg), tmp_path / "b", max_steps=1)
     assert all(torch.equal(t.ema[k], b.ema[k]) for k in t.ema)

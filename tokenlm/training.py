@@ -121,7 +121,8 @@ class Recipe:
         """A new run (not a resume): warm-start from ``init``, initialise what needs data (k-means...)."""
 
     def loss(self, index: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of batch ``index`` (a pure function of it) and the numbers to log, keyed ``group/name``."""
+        """The loss of batch ``index`` (a pure function of it) and the numbers to log, keyed ``group/name``. The
+        model's forward runs under ``loop.autocast()``."""
         raise NotImplementedError
 
     def step(self, index: int) -> dict[str, float]:
@@ -130,8 +131,7 @@ class Recipe:
         stats: dict[str, float] = {}
         for micro in range(n):
             with loop.no_sync(micro < n - 1):
-                with loop.autocast():
-                    loss, s = self.loss(index * n + micro)
+                loss, s = self.loss(index * n + micro)
                 loop.acc.backward(loss / n)
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / n
@@ -220,7 +220,9 @@ class Trainer:
         if self.ema is None:  # a run without averages so far (new, or resumed from one): they start here
             self.ema = {k: p.detach().clone() for k, p in params.items()}
             return
-        torch._foreach_lerp_([self.ema[k] for k in params], [p.detach() for p in params.values()], 1 - self.cfg.weight_ema)
+        torch._foreach_lerp_(
+            [self.ema[k] for k in params], [p.detach() for p in params.values()], 1 - self.cfg.weight_ema
+        )
 
     def export_weights(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weights exports and evaluations use: the averaged parameters when there are averages (buffers, such as
@@ -457,7 +459,8 @@ def write_curves(path: Path, rows: list[dict], panels: dict[str, tuple[str, ...]
             ax.plot(*zip(*pts), "o-" if key.startswith("eval/") else "-", label=key, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
