@@ -350,13 +350,13 @@ class Trainer:
                 if stopped or out_of_time:
                     break
                 if timed and self.step < end:
-                    self.save()
-                    if not cfg.eval_every:
+                    if not cfg.eval_every:  # held-out numbers with each checkpoint (in its log and curves)
                         self._evaluate()
+                    self.save()
                     t_ckpt = time.monotonic()
-            self.save(final=True)
-            if ran and not stopped and not cfg.eval_every:
+            if ran and not stopped and not cfg.eval_every:  # a stop by signal is for leaving quickly
                 self._evaluate()
+            self.save(final=True)
         bar.close()
 
     def _log(self, means: dict[str, float], lr: float, seconds: float, bar) -> None:
