@@ -133,6 +133,17 @@ def _continue_args(p):
 def _demo_args(p):
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--model",
+        default="tokenlm-small",
+        help="LM name or folder (default tokenlm-small); if it cannot be loaded, only the Compression tab works",
+    )
+
+
+def _bench_demo_args(p):
+    _bench_args(p)
+    p.add_argument("--model", default="tokenlm-small", help="LM name or folder the demo serves (default tokenlm-small)")
+    p.add_argument("--requests", type=int, default=20, help="concurrent requests per endpoint (default 20; --quick: 5)")
 
 
 def _data_build_args(p):
@@ -448,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "tokenlm bench lm --json",
                 "tokenlm.bench.lm:cli",
                 _bench_args,
+            ),
+            "demo": (
+                "the demo under concurrent load: errors, p50/p95 latency, peak memory",
+                "tokenlm bench demo --json",
+                "tokenlm.bench.demo:cli",
+                _bench_demo_args,
             ),
         },
     )

@@ -84,11 +84,19 @@ def _ffmpeg_stream(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
             yield x
 
 
-def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5, precision: str = "fp32") -> Header:
+def compress(
+    inp: Path,
+    out: Path,
+    model: str = "codec-16k",
+    kbps: float = 1.5,
+    precision: str = "fp32",
+    loaded: tuple[Codec, bytes] | None = None,
+) -> Header:
+    """``loaded``: ``load_codec(model)``'s result, for callers that keep the codec (a server loads it once)."""
     from ..audio import _check_path
 
     _check_path(Path(inp))  # bad input is reported before the model is loaded
-    codec, mhash = load_codec(model, precision)
+    codec, mhash = loaded or load_codec(model, precision)
     try:
         n_q = codec.n_q_for_kbps(kbps)
     except ValueError as e:
@@ -122,13 +130,16 @@ def compress(inp: Path, out: Path, model: str = "codec-16k", kbps: float = 1.5, 
     return header
 
 
-def decompress(inp: Path, out: Path, model: str | None = None, precision: str = "fp32") -> Header:
+def decompress(
+    inp: Path, out: Path, model: str | None = None, precision: str = "fp32", loaded: tuple[Codec, bytes] | None = None
+) -> Header:
+    """``loaded``: as in ``compress``; the file's weights hash is checked against it all the same."""
     inp = Path(inp)
     if not inp.is_file():
         raise TokenlmError(f"{inp}: no such file")
     with open(inp, "rb") as f:
         h = read_header(f, str(inp))
-        codec, mhash = load_codec(model or h.model_id, precision)
+        codec, mhash = loaded or load_codec(model or h.model_id, precision)
         if mhash != h.model_hash:
             raise TokenlmError(f"{inp} was written by a different {h.model_id} model (weights hash mismatch)")
         if (codec.sample_rate, codec.cfg.hop) != (h.sample_rate, h.hop) or h.n_q > codec.n_q:
