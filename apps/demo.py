@@ -466,6 +466,7 @@ def check_port(host: str, port: int) -> None:
 
 def cli(args) -> int:
     check_port(args.host, args.port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, not news to the user
     models = load_models(args.model)
     app = build_app(models)
     log.info(
