@@ -212,6 +212,11 @@ def _task_eval_args(judges: bool):
     return add
 
 
+def _continue_eval_args(p):
+    _task_eval_args(judges=False)(p)
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off; e.g. 3)")
+
+
 def _codec_eval_args(p):
     _eval_args("codec-16k")(p)
     p.add_argument(
@@ -417,17 +422,26 @@ def build_parser() -> argparse.ArgumentParser:
                 "tokenlm.tasks.evaluate:cli_clone",
                 _task_eval_args(judges=False),
             ),
-            "separation": (
-                "SI-SDR improvement on held-out mixtures",
-                "tokenlm eval separation --json",
-                "tokenlm.tasks.separation:cli_eval",
-                _eval_args("lm-small"),
+            "separate": (
+                "speech separation: SI-SDRi, PESQ, DNSMOS, Whisper WER beside noisereduce and the codec ceiling "
+                "(--limit: per mixture type)",
+                "tokenlm eval separate --limit 20",
+                "tokenlm.tasks.evaluate_audio:cli_separate",
+                _task_eval_args(judges=True),
             ),
             "caption": (
-                "captioning accuracy on held-out clips",
-                "tokenlm eval caption --json",
-                "tokenlm.tasks.captioning:cli_eval",
-                _eval_args("lm-small"),
+                "captioning: broad-class accuracy and content-word F1 beside an MFCC k-NN and YAMNet "
+                "(--limit: per kind)",
+                "tokenlm eval caption --limit 30",
+                "tokenlm.tasks.evaluate_audio:cli_caption",
+                _task_eval_args(judges=True),
+            ),
+            "continue": (
+                "music continuation: key, tempo and seam against the prompt, beside a ceiling and a floor "
+                "(--limit: segments)",
+                "tokenlm eval continue --limit 10",
+                "tokenlm.tasks.evaluate_audio:cli_continue",
+                _continue_eval_args,
             ),
         },
     )
