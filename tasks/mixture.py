@@ -41,6 +41,19 @@ def open_parts(root: Path) -> dict[str, Shards]:
     return parts
 
 
+def to_example(info: dict, codes: torch.Tensor) -> Example:
+    """A shard item's codes and manifest fields as the tasks see them."""
+    return Example(
+        codes=codes,
+        text=info.get("text"),
+        language=info.get("language"),
+        speaker=info.get("speaker"),
+        kind=info.get("kind"),
+        labels=tuple(info.get("labels") or ()),
+        info=info,
+    )
+
+
 class MultitaskSource:
     """``batch(index, split) -> {"inputs", "targets", "loss_mask"}`` of mixed task examples, plus the
     vocabulary (``vocab``), the task context (``ctx``) and the text model to save beside the LM."""
@@ -111,28 +124,11 @@ class MultitaskSource:
     @staticmethod
     def _light(info: dict) -> Example:
         """The fields task filters look at, without reading codes."""
-        return Example(
-            codes=torch.empty(0, 0, dtype=torch.long),
-            text=info.get("text"),
-            language=info.get("language"),
-            speaker=info.get("speaker"),
-            kind=info.get("kind"),
-            labels=tuple(info.get("labels") or ()),
-            info=info,
-        )
+        return to_example(info, torch.empty(0, 0, dtype=torch.long))
 
     def example(self, part: str, i: int) -> Example:
         item = self.parts[part][i]
-        info = item.info
-        return Example(
-            codes=item.codes,
-            text=info.get("text"),
-            language=info.get("language"),
-            speaker=info.get("speaker"),
-            kind=info.get("kind"),
-            labels=tuple(info.get("labels") or ()),
-            info=info,
-        )
+        return to_example(item.info, item.codes)
 
     def voice_for(self, rng: np.random.Generator, split: str, ex: Example) -> Example:
         """A voice prompt for ``ex``: another short utterance of its speaker, with its transcript."""
