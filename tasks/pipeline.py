@@ -30,6 +30,7 @@ from .base import Example, LangThenText, TaskContext, get_task, split_language_a
 Audio = str | os.PathLike | tuple[np.ndarray, int]
 
 MIN_VOICE_SECONDS = 1.0
+MAX_VOICE_SECONDS = 4.0  # voice prompts are cut to this: the longest prompt utterance of training (data.max_prompt_seconds)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Pipeline:
         chunk_frames: int = 10,
     ) -> Iterator[np.ndarray]:
         """Yield audio while it is generated: every ``chunk_frames`` frames are decoded as soon as all their
-        codebooks are known. With ``voice`` (a clip of 1 s or more; its first ``max_prompt_seconds`` are used),
+        codebooks are known. With ``voice`` (a clip of 1 s or more; its first ``MAX_VOICE_SECONDS`` are used),
         the voice-cloning layout; ``voice_text`` is its transcript (transcribed by the model when None).
         Text longer than the context allows is spoken sentence group by sentence group."""
         from tokenlm.codecs.codec.model import StreamingDecoder
@@ -245,7 +246,7 @@ class Pipeline:
             raise TokenlmError(f"the voice prompt is shorter than {MIN_VOICE_SECONDS:g} s")
         if float(np.sqrt(np.mean(wav**2))) < 1e-4:
             raise TokenlmError("the voice prompt is silent")
-        longest = int(self.max_prompt_seconds * self.sample_rate)
+        longest = int(MAX_VOICE_SECONDS * self.sample_rate)
         if wav.size > longest:  # the start of the clip; a given transcript would not match the cut
             wav, voice_text = wav[:longest], None
         if not voice_text:
@@ -253,8 +254,6 @@ class Pipeline:
             if not voice_text:
                 raise TokenlmError("no words were recognised in the voice prompt: give its transcript")
         return Example(codes=self.encode(wav), text=voice_text)
-
-    max_prompt_seconds = 4.0
 
     def _text_chunks(self, text: str, language: str, max_pieces: int = 60) -> list[str]:
         """Sentences grouped into chunks of at most ``max_pieces`` text pieces (long sentences cut at words)."""
