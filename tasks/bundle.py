@@ -52,6 +52,11 @@ def model_card(name: str, doc: dict, run: Path, eval_dir: Path | None) -> str:
         f"| training | {meta.get('step', '?')} steps, {meta.get('train_hours', '?')} h on a 2-core CPU, rows of {meta.get('seq_len', '?')} positions (`configs/lm/multitask_small.yaml`) |",
         "| data | the corpus of `tokenlm data build` (real and synthetic speech, music, sound events, mixtures; speaker-, track- and sound-disjoint eval split), tokenized by `tokenlm tokenize --corpus` |",
         "",
+        "Training goes on where this model stopped: `tokenlm data build && tokenlm tokenize --corpus -o",
+        "~/.cache/tokenlm/shards/multitask && tokenlm train lm --config lm/multitask_small` continues it (step count,",
+        "hours and schedule) when its run is not in the cache. The tables below are what it does today, on held-out",
+        "data; read them beside the peers in the same tables.",
+        "",
     ]
     if ev:
         tasks = [t for t in TASK_ORDER if f"eval/{t}" in ev]
@@ -68,7 +73,8 @@ def model_card(name: str, doc: dict, run: Path, eval_dir: Path | None) -> str:
     for task in TASK_ORDER:
         md = eval_dir / task / f"{task}_eval.md" if eval_dir else None
         if md is not None and md.is_file():
-            lines += [f"## `tokenlm eval {task}` (held out)", "", md.read_text().strip(), ""]
+            body = [x for x in md.read_text().strip().splitlines() if not x.startswith("# ")]  # the report's title
+            lines += [f"## `tokenlm eval {task}` (held out)", "", "\n".join(body).strip(), ""]
     return "\n".join(lines)
 
 
